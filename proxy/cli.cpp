@@ -1,0 +1,380 @@
+#include "proxy/cli.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include "certs/certificate_authority.hpp"
+#include "policy/host_pattern.hpp"
+#include "proxy/config.hpp"
+#include "proxy/log.hpp"
+#include "proxy/runtime.hpp"
+#include "proxy/server.hpp"
+
+namespace tokgate::proxy {
+namespace {
+
+constexpr int kOk = 0;
+constexpr int kFailure = 1;
+constexpr int kUsage = 2;
+
+constexpr std::string_view kMainHelp = R"(tokgate - a TLS-intercepting proxy that recognises TikTok and WeChat traffic
+
+Usage:
+  tokgate run [options]          run the proxy (explicit proxy on 127.0.0.1:8080 by default)
+  tokgate ca init [--dir DIR]    create a CA (ECDSA P-256; key file mode 0600)
+  tokgate ca show [CA options]   print the CA's subject, SHA-256 fingerprint and validity
+  tokgate ca export [CA options] --format pem|der [--out FILE]
+  tokgate --help | --version
+
+Run `tokgate run --help` or `tokgate ca --help` for the options of each.
+)";
+
+constexpr std::string_view kRunHelp = R"(Usage: tokgate run [options]
+
+  --config FILE            TOML configuration (default: the embedded default config)
+  --listen ADDR:PORT       proxy listener, repeatable (replaces the configured list)
+  --admin ADDR:PORT        admin listener (status, /healthz, CA download)
+  --workers N              worker threads (0 = one per core)
+  --ca-dir DIR             CA directory; a CA is created there if none exists
+  --ca-cert FILE --ca-key FILE
+                           bring your own CA (e.g. an intermediate of your PKI, chain after it)
+  --upstream-ca FILE       extra trusted root for verifying origins, repeatable
+  --resolve HOST:PORT:ADDR pin a name to an address, like curl; HOST may be * or *.suffix,
+                           PORT may be *; repeatable
+  --intercept GLOB         decrypt connections to these hosts, repeatable ("*.tiktok.com",
+                           ".tiktok.com" = the name and below, "tiktok.com" = exactly)
+  --refuse GLOB            refuse connections to these hosts, repeatable
+  --allow-client CIDR      clients allowed to use the proxy, repeatable (replaces the list;
+                           default loopback only)
+  --connect-ports SPEC     ports CONNECT may reach: "443,8443", "1-65535" (default 443)
+  --log-level LEVEL        debug | info | warn | error (default info)
+
+Everything not intercepted or refused is spliced: relayed byte for byte, never decrypted.
+Signals: SIGTERM/SIGINT stop accepting, finish in-flight requests, exit.
+)";
+
+constexpr std::string_view kCaHelp = R"(Usage:
+  tokgate ca init [--dir DIR]
+  tokgate ca show [--dir DIR | --ca-cert FILE --ca-key FILE]
+  tokgate ca export [--dir DIR | --ca-cert FILE --ca-key FILE] --format pem|der [--out FILE]
+
+DIR defaults to the configured CA directory ($XDG_DATA_HOME/tokgate/ca or
+~/.local/share/tokgate/ca).
+)";
+
+int usage_error(std::string_view message) {
+  std::cerr << "tokgate: " << message << "\n(see tokgate --help)\n";
+  return kUsage;
+}
+
+// Walks argv: "--name value" and "--name=value" both work.
+class ArgReader {
+ public:
+  explicit ArgReader(std::span<const std::string_view> args) : args_(args) {}
+  bool done() const { return index_ >= args_.size(); }
+  std::string_view next() {
+    pending_value_.reset();
+    std::string_view arg = args_[index_++];
+    if (arg.starts_with("--")) {
+      if (auto eq = arg.find('='); eq != std::string_view::npos) {
+        pending_value_ = arg.substr(eq + 1);
+        return arg.substr(0, eq);
+      }
+    }
+    return arg;
+  }
+  std::optional<std::string_view> value() {
+    if (pending_value_) return std::exchange(pending_value_, std::nullopt);
+    if (done()) return std::nullopt;
+    return args_[index_++];
+  }
+
+ private:
+  std::span<const std::string_view> args_;
+  std::size_t index_ = 0;
+  std::optional<std::string_view> pending_value_;
+};
+
+std::optional<std::vector<PortRange>> parse_port_spec(std::string_view spec) {
+  std::vector<PortRange> ranges;
+  while (!spec.empty()) {
+    auto comma = spec.find(',');
+    auto item = spec.substr(0, comma);
+    spec = comma == std::string_view::npos ? std::string_view{} : spec.substr(comma + 1);
+    auto dash = item.find('-');
+    auto parse_port = [](std::string_view text) -> std::optional<uint16_t> {
+      unsigned value = 0;
+      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+      if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || value == 0 ||
+          value > 65535) {
+        return std::nullopt;
+      }
+      return static_cast<uint16_t>(value);
+    };
+    auto first = parse_port(item.substr(0, dash));
+    auto last = dash == std::string_view::npos ? first : parse_port(item.substr(dash + 1));
+    if (!first || !last || *last < *first) return std::nullopt;
+    ranges.push_back({*first, *last});
+  }
+  if (ranges.empty()) return std::nullopt;
+  return ranges;
+}
+
+std::string format_time(std::chrono::system_clock::time_point point) {
+  std::time_t t = std::chrono::system_clock::to_time_t(point);
+  std::tm utc{};
+  gmtime_r(&t, &utc);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return buf;
+}
+
+struct CaLocation {
+  std::filesystem::path dir;
+  std::filesystem::path cert;
+  std::filesystem::path key;
+};
+
+std::expected<certs::CertificateAuthority, std::string> load_ca(const CaLocation& where) {
+  if (!where.cert.empty()) return certs::CertificateAuthority::load_files(where.cert, where.key);
+  return certs::CertificateAuthority::load_dir(where.dir.empty() ? default_ca_dir() : where.dir);
+}
+
+int run_ca(std::span<const std::string_view> args) {
+  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
+    std::cout << kCaHelp;
+    return args.empty() ? kUsage : kOk;
+  }
+  std::string_view action = args[0];
+  ArgReader reader(args.subspan(1));
+  CaLocation where;
+  std::string format;
+  std::filesystem::path out;
+  while (!reader.done()) {
+    auto name = reader.next();
+    if (name == "--help" || name == "-h") {
+      std::cout << kCaHelp;
+      return kOk;
+    }
+    auto value = reader.value();
+    if (!value) return usage_error(std::string(name) + " needs a value");
+    if (name == "--dir") {
+      where.dir = *value;
+    } else if (name == "--ca-cert") {
+      where.cert = *value;
+    } else if (name == "--ca-key") {
+      where.key = *value;
+    } else if (name == "--format" && action == "export") {
+      format = *value;
+    } else if (name == "--out" && action == "export") {
+      out = *value;
+    } else {
+      return usage_error("unknown option for 'ca " + std::string(action) + "': " + std::string(name));
+    }
+  }
+  if (where.cert.empty() != where.key.empty()) {
+    return usage_error("--ca-cert and --ca-key go together");
+  }
+  if (action == "init") {
+    if (!where.cert.empty()) return usage_error("ca init takes --dir only");
+    auto dir = where.dir.empty() ? default_ca_dir() : where.dir;
+    auto ca = certs::CertificateAuthority::create(dir);
+    if (!ca) {
+      std::cerr << "tokgate: " << ca.error() << "\n";
+      return kFailure;
+    }
+    std::cout << "created CA in " << dir.string() << "\n"
+              << "subject:     " << ca->subject() << "\n"
+              << "fingerprint: SHA256 " << ca->fingerprint_sha256() << "\n";
+    return kOk;
+  }
+  if (action != "show" && action != "export") {
+    return usage_error("unknown ca action '" + std::string(action) + "'");
+  }
+  auto ca = load_ca(where);
+  if (!ca) {
+    std::cerr << "tokgate: " << ca.error() << "\n";
+    return kFailure;
+  }
+  if (action == "show") {
+    std::cout << "subject:     " << ca->subject() << "\n"
+              << "fingerprint: SHA256 " << ca->fingerprint_sha256() << "\n"
+              << "not before:  " << format_time(ca->not_before()) << "\n"
+              << "not after:   " << format_time(ca->not_after()) << "\n";
+    return kOk;
+  }
+  if (format != "pem" && format != "der") return usage_error("--format must be pem or der");
+  std::string bytes;
+  if (format == "pem") {
+    bytes = ca->pem();
+  } else {
+    auto der = ca->der();
+    bytes.assign(der.begin(), der.end());
+  }
+  if (out.empty()) {
+    std::cout.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    std::cout.flush();
+    return std::cout ? kOk : kFailure;
+  }
+  std::ofstream file(out, std::ios::binary | std::ios::trunc);
+  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!file) {
+    std::cerr << "tokgate: " << out.string() << ": cannot write\n";
+    return kFailure;
+  }
+  return kOk;
+}
+
+int run_proxy(std::span<const std::string_view> args) {
+  ArgReader reader(args);
+  std::optional<std::filesystem::path> config_file;
+  struct Override {
+    std::string_view name;
+    std::string_view value;
+  };
+  std::vector<Override> overrides;
+  while (!reader.done()) {
+    auto name = reader.next();
+    if (name == "--help" || name == "-h") {
+      std::cout << kRunHelp;
+      return kOk;
+    }
+    auto value = reader.value();
+    if (!value) return usage_error(std::string(name) + " needs a value");
+    if (name == "--config") {
+      config_file = *value;
+    } else {
+      overrides.push_back({name, *value});
+    }
+  }
+  auto loaded = config_file ? load_config_file(*config_file)
+                            : parse_config(embedded_default_config(), "<embedded default>");
+  if (!loaded) {
+    std::cerr << loaded.error() << "\n";
+    return kUsage;
+  }
+  Config config = std::move(*loaded);
+  bool listen_replaced = false;
+  bool clients_replaced = false;
+  for (const auto& [name, value] : overrides) {
+    auto bad = [&](std::string_view what) {
+      return usage_error(std::string(name) + " " + std::string(value) + ": " + std::string(what));
+    };
+    if (name == "--listen" || name == "--admin") {
+      auto endpoint = Endpoint::parse(value);
+      if (!endpoint) return bad("expected ADDR:PORT, e.g. 127.0.0.1:8080 or [::1]:8080");
+      if (name == "--admin") {
+        config.admin = *endpoint;
+      } else {
+        if (!listen_replaced) config.listen.clear();
+        listen_replaced = true;
+        config.listen.push_back(*endpoint);
+      }
+    } else if (name == "--workers") {
+      unsigned workers = 0;
+      auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), workers);
+      if (ec != std::errc{} || end != value.data() + value.size() || workers > 1024) {
+        return bad("expected a number of workers");
+      }
+      config.workers = workers;
+    } else if (name == "--ca-dir") {
+      config.ca_dir = value;
+    } else if (name == "--ca-cert") {
+      config.ca_cert = value;
+    } else if (name == "--ca-key") {
+      config.ca_key = value;
+    } else if (name == "--upstream-ca") {
+      config.extra_ca_files.emplace_back(value);
+    } else if (name == "--resolve") {
+      auto rule = parse_resolve_override(value);
+      if (!rule) return bad(rule.error());
+      config.resolve.push_back(std::move(*rule));
+    } else if (name == "--intercept" || name == "--refuse") {
+      auto pattern = policy::HostPattern::parse(value);
+      if (!pattern) return bad(pattern.error());
+      (name == "--intercept" ? config.intercept_hosts : config.refuse_hosts).emplace_back(value);
+    } else if (name == "--allow-client") {
+      auto cidr = Cidr::parse(value);
+      if (!cidr) return bad("expected a CIDR such as 127.0.0.0/8");
+      if (!clients_replaced) config.allowed_clients.clear();
+      clients_replaced = true;
+      config.allowed_clients.push_back(*cidr);
+    } else if (name == "--connect-ports") {
+      auto ports = parse_port_spec(value);
+      if (!ports) return bad("expected ports or ranges such as 443,8443 or 1-65535");
+      config.connect_ports = std::move(*ports);
+    } else if (name == "--log-level") {
+      if (value == "debug") log::set_min_level(log::Level::debug);
+      else if (value == "info") log::set_min_level(log::Level::info);
+      else if (value == "warn") log::set_min_level(log::Level::warn);
+      else if (value == "error") log::set_min_level(log::Level::error);
+      else return bad("expected debug, info, warn or error");
+    } else {
+      return usage_error("unknown option for 'run': " + std::string(name));
+    }
+  }
+  if (config.ca_cert.empty() != config.ca_key.empty()) {
+    return usage_error("--ca-cert and --ca-key go together");
+  }
+
+  std::expected<certs::CertificateAuthority, std::string> ca = std::unexpected(std::string());
+  if (!config.ca_cert.empty()) {
+    ca = certs::CertificateAuthority::load_files(config.ca_cert, config.ca_key);
+  } else {
+    auto dir = config.ca_dir.empty() ? default_ca_dir() : config.ca_dir;
+    bool created = false;
+    ca = certs::CertificateAuthority::load_or_create(dir, &created);
+    if (ca && created) {
+      log::info("ca-created").kv("dir", dir.string()).kv("fingerprint", ca->fingerprint_sha256());
+    }
+  }
+  if (!ca) {
+    log::error("ca-unavailable").kv("reason", ca.error());
+    return kFailure;
+  }
+  log::info("ca")
+      .kv("subject", ca->subject())
+      .kv("fingerprint", ca->fingerprint_sha256())
+      .kv("not_after", format_time(ca->not_after()));
+
+  try {
+    Runtime runtime(std::move(config), std::move(*ca));
+    Server server(runtime);
+    server.bind();
+    return server.run();
+  } catch (const std::exception& e) {
+    log::error("startup-failed").kv("reason", e.what());
+    return kFailure;
+  }
+}
+
+}  // namespace
+
+int run_cli(std::span<const std::string_view> args) {
+  if (args.empty()) {
+    std::cerr << kMainHelp;
+    return kUsage;
+  }
+  std::string_view command = args[0];
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::cout << kMainHelp;
+    return kOk;
+  }
+  if (command == "--version") {
+    std::cout << "tokgate 0.1.0\n";
+    return kOk;
+  }
+  if (command == "run") return run_proxy(args.subspan(1));
+  if (command == "ca") return run_ca(args.subspan(1));
+  return usage_error("unknown command '" + std::string(command) + "'");
+}
+
+}  // namespace tokgate::proxy

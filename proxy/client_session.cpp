@@ -1,0 +1,755 @@
+#include "proxy/client_session.hpp"
+
+#include <openssl/ssl.h>
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/url/parse.hpp>
+
+#include <algorithm>
+#include <chrono>
+
+#include "certs/openssl_ptr.hpp"
+#include "policy/host_pattern.hpp"
+#include "proxy/log.hpp"
+#include "proxy/resolver.hpp"
+#include "proxy/runtime.hpp"
+#include "proxy/tls_contexts.hpp"
+#include "proxy/worker.hpp"
+
+namespace tokgate::proxy {
+
+using namespace asio::experimental::awaitable_operators;
+using std::chrono::milliseconds;
+
+namespace {
+
+// A fatal TLS alert record, access_denied (49): "the sender decided not to proceed".
+constexpr uint8_t kAccessDeniedAlert[] = {0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31};
+// How long we keep trying to deliver our own error responses and TLS close_notify.
+constexpr milliseconds kGoodbyeBudget{2'000};
+
+bool is_allowed_method(http::verb verb) {
+  switch (verb) {
+    case http::verb::get:
+    case http::verb::head:
+    case http::verb::post:
+    case http::verb::put:
+    case http::verb::delete_:
+    case http::verb::options:
+    case http::verb::patch:
+      return true;
+    default:
+      return false;
+  }
+}
+
+IpAddress to_ip_address(const asio::ip::address& address) {
+  if (address.is_v4()) {
+    auto b = address.to_v4().to_bytes();
+    return IpAddress::v4({b[0], b[1], b[2], b[3]});
+  }
+  auto b = address.to_v6().to_bytes();
+  std::array<uint8_t, 16> bytes;
+  std::copy(b.begin(), b.end(), bytes.begin());
+  return IpAddress::v6(bytes).unmapped();
+}
+
+std::string bracketed(const std::string& host) {
+  return host.find(':') != std::string::npos ? "[" + host + "]" : host;
+}
+
+// Host names from the network are normalized before any decision: case, trailing dot, IDNA.
+std::optional<std::string> normalized(std::string_view host) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return policy::normalize_host(host);
+}
+
+bool is_disconnect(const error_code& ec) {
+  return ec == asio::error::eof || ec == asio::error::connection_reset ||
+         ec == asio::error::broken_pipe || ec == asio::ssl::error::stream_truncated ||
+         ec == http::error::end_of_stream || ec == http::error::partial_message;
+}
+
+ConnectionVerdict stricter(ConnectionVerdict a, ConnectionVerdict b) {
+  auto rank = [](ConnectionVerdict v) {
+    switch (v) {
+      case ConnectionVerdict::refuse: return 2;
+      case ConnectionVerdict::intercept: return 1;
+      case ConnectionVerdict::splice: return 0;
+    }
+    return 0;
+  };
+  return rank(a) >= rank(b) ? a : b;
+}
+
+// Bytes one way through a tunnel, until EOF (passed on as a half-close) or an error (which
+// stops both directions).
+awaitable<void> pump(tcp::socket& from, tcp::socket& to, std::span<char> buffer, uint64_t& bytes,
+                     Deadline& deadline, milliseconds idle) {
+  for (;;) {
+    auto [ec, n] = co_await from.async_read_some(asio::buffer(buffer.data(), buffer.size()),
+                                                 use_nothrow);
+    error_code ignored;
+    if (ec) {
+      if (ec == asio::error::eof) {
+        to.shutdown(tcp::socket::shutdown_send, ignored);
+      } else {
+        from.cancel(ignored);
+        to.cancel(ignored);
+      }
+      co_return;
+    }
+    bytes += n;
+    deadline.set(idle, "tunnel-idle");
+    auto [wec, written] = co_await asio::async_write(to, asio::buffer(buffer.data(), n), use_nothrow);
+    if (wec) {
+      from.cancel(ignored);
+      to.cancel(ignored);
+      co_return;
+    }
+  }
+}
+
+}  // namespace
+
+ClientSession::ClientSession(Worker& worker, tcp::socket socket)
+    : worker_(worker),
+      runtime_(worker.runtime()),
+      config_(worker.config()),
+      client_socket_(std::move(socket)),
+      id_(runtime_.next_connection_id.fetch_add(1, std::memory_order_relaxed)),
+      deadline_(client_socket_.get_executor()) {
+  error_code ec;
+  client_endpoint_ = client_socket_.remote_endpoint(ec);
+  client_socket_.set_option(tcp::no_delay(true), ec);
+  client_lowest_ = &client_socket_;
+  registry_entry_ = worker_.add_session(this);
+  runtime_.open_connections.fetch_add(1, std::memory_order_relaxed);
+}
+
+ClientSession::~ClientSession() {
+  worker_.remove_session(registry_entry_);
+  runtime_.open_connections.fetch_sub(1, std::memory_order_relaxed);
+}
+
+awaitable<void> ClientSession::run(std::unique_ptr<ClientSession> self) {
+  ClientSession* session = self.get();
+  // The watch ends (cancelled) when the flow ends, before `self` goes: no dangling timer.
+  // (The callback is built outside the co_await expression: GCC 12 destroys class-type
+  // temporaries of a co_await full-expression twice.)
+  std::function<void()> on_expire = [session] { session->cancel_io(); };
+  co_await (session->flow() || session->deadline_.watch(on_expire));
+}
+
+void ClientSession::close_if_idle() {
+  closing_ = true;
+  if (idle_) cancel_io();
+}
+
+void ClientSession::cancel_io() {
+  error_code ignored;
+  if (client_lowest_ != nullptr) client_lowest_->cancel(ignored);
+  if (server_lowest_ != nullptr) server_lowest_->cancel(ignored);
+}
+
+Failure ClientSession::timeout_failure(std::string_view what) const {
+  return Failure{http::status::gateway_timeout, "upstream-timeout",
+                 "timed out waiting for " + std::string(what)};
+}
+
+awaitable<void> ClientSession::flow() {
+  IpAddress client_ip = to_ip_address(client_endpoint_.address());
+  bool allowed = std::ranges::any_of(config_.allowed_clients,
+                                     [&](const Cidr& cidr) { return cidr.contains(client_ip); });
+  if (!allowed) {
+    log::warn("client-not-allowed").kv("conn", id_).kv("client", client_ip.to_string());
+    failure_ = Failure{http::status::forbidden, "client-not-allowed",
+                                  "client " + client_ip.to_string() + " may not use this proxy"};
+    co_await send_failure(client_socket_, 11);
+    co_return;
+  }
+  chunk_ = std::make_unique<char[]>(config_.limits.relay_buffer_bytes);
+  co_await serve_explicit();
+}
+
+std::optional<Failure> ClientSession::check_request(const RequestParser& parser) const {
+  const auto& request = parser.get();
+  if (!is_allowed_method(request.method())) {
+    return Failure{http::status::method_not_allowed, "method-not-allowed",
+                   "method " + std::string(request.method_string()) + " is not allowed"};
+  }
+  return std::nullopt;
+}
+
+template <class ClientStream>
+awaitable<void> ClientSession::send_failure(ClientStream& client, unsigned version) {
+  const Failure& failure = failure_;
+  log::warn("request-failed")
+      .kv("conn", id_)
+      .kv("status", static_cast<unsigned>(failure.status))
+      .kv("error", failure.code)
+      .kv("reason", failure.reason);
+  auto response = failure_response(failure, version >= 10 ? version : 11);
+  deadline_.rearm();
+  deadline_.set(kGoodbyeBudget, "send-error");
+  co_await http::async_write(client, response, use_nothrow);
+}
+
+template <class ClientStream>
+awaitable<bool> ClientSession::read_request_head(ClientStream& client, beast::flat_buffer& buffer,
+                                                 RequestParser& parser, bool first) {
+  parser.header_limit(static_cast<std::uint32_t>(config_.limits.request_header_bytes));
+  parser.body_limit(boost::none);  // bodies stream through a fixed chunk: no size limit needed
+  if (!first && (closing_ || worker_.draining())) co_return false;
+  if (buffer.size() == 0) {
+    // Waiting for a request that may never come is the idle phase; once bytes arrive, the
+    // head must complete within the request-header budget (slowloris).
+    idle_ = true;
+    deadline_.set(first ? config_.timeouts.request_header : config_.timeouts.idle, "idle");
+    auto [ec, n] = co_await client.async_read_some(
+        buffer.prepare(std::min<std::size_t>(4096, buffer.max_size())), use_nothrow);
+    idle_ = false;
+    if (ec) co_return false;  // closed, reset, drained or idle: nothing to answer
+    buffer.commit(n);
+  }
+  idle_ = false;
+  deadline_.set(config_.timeouts.request_header, "request-header");
+  auto [ec, n] = co_await http::async_read_header(client, buffer, parser, use_nothrow);
+  if (!ec) co_return true;
+  if (deadline_.expired()) {
+    failure_ = Failure{http::status::request_timeout, "request-timeout",
+                                  "request header not received in time"};
+    co_await send_failure(client, 11);
+  } else if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
+    failure_ = Failure{http::status::request_header_fields_too_large,
+                                  "request-header-too-large", "request header exceeds the limit"};
+    co_await send_failure(client, 11);
+  } else if (!is_disconnect(ec) && ec != asio::error::operation_aborted) {
+    failure_ = Failure{http::status::bad_request, "bad-request", "malformed request: " + ec.message()};
+    co_await send_failure(client, 11);
+  }
+  co_return false;
+}
+
+awaitable<void> ClientSession::serve_explicit() {
+  auto executor = client_socket_.get_executor();
+  beast::flat_buffer client_buffer(config_.limits.request_header_bytes + 16 * 1024);
+  beast::flat_buffer server_buffer(config_.limits.response_header_bytes + 16 * 1024);
+  std::optional<tcp::socket> server;
+  Target server_target;
+  for (bool first = true;; first = false) {
+    RequestParser parser;
+    if (!co_await read_request_head(client_socket_, client_buffer, parser, first)) co_return;
+    auto& request = parser.get();
+    const unsigned version = request.version();
+
+    if (request.method() == http::verb::connect) {
+      auto authority = boost::urls::parse_authority(request.target());
+      std::optional<std::string> host;
+      if (authority && authority->has_port() && authority->port_number() != 0) {
+        host = normalized(authority->host_address());
+      }
+      if (!host) {
+        failure_ = Failure{http::status::bad_request, "bad-request",
+                                      "CONNECT needs host:port, got '" +
+                                          std::string(request.target().substr(0, 200)) + "'"};
+        co_await send_failure(client_socket_, version);
+        co_return;
+      }
+      server.reset();
+      const Target target{*host, authority->port_number()};
+      co_await serve_connect(target, client_buffer);
+      co_return;
+    }
+    if (auto failure = check_request(parser)) {
+      failure_ = *failure;
+      co_await send_failure(client_socket_, version);
+      co_return;
+    }
+    auto url = boost::urls::parse_absolute_uri(request.target());
+    std::optional<std::string> host;
+    if (url && url->scheme_id() == boost::urls::scheme::http && url->has_authority()) {
+      host = normalized(url->host_address());
+    }
+    if (!host || (url->has_port() && url->port_number() == 0)) {
+      failure_ = Failure{http::status::bad_request, "bad-request",
+                                    "a proxy request needs an absolute http:// URI; use CONNECT "
+                                    "for https"};
+      co_await send_failure(client_socket_, version);
+      co_return;
+    }
+    Target target{*host, url->has_port() ? url->port_number() : uint16_t{80}};
+    std::string origin_form = url->encoded_path().empty() ? "/" : std::string(url->encoded_path());
+    if (url->has_query()) origin_form += "?" + std::string(url->encoded_query());
+    request.target(origin_form);
+    request.set(http::field::host, bracketed(target.host) +
+                                       (target.port == 80 ? "" : ":" + std::to_string(target.port)));
+
+    if (!server || server_target.host != target.host || server_target.port != target.port) {
+      server.emplace(executor);
+      server_lowest_ = &*server;
+      server_target = target;
+      Resolver resolver(executor, config_.resolve);
+      deadline_.set(config_.timeouts.connect, "connect");
+      auto endpoints = co_await resolver.resolve(target.host, target.port);
+      std::expected<tcp::endpoint, Failure> connected = std::unexpected(Failure{});
+      if (endpoints) {
+        connected = co_await connect_any(*server, *endpoints, target.host);
+      } else {
+        connected = std::unexpected(endpoints.error());
+      }
+      if (!connected) {
+        failure_ = deadline_.expired() ? timeout_failure("connect to " + target.host)
+                                                  : connected.error();
+        co_await send_failure(client_socket_, version);
+        co_return;
+      }
+      server_buffer.clear();
+    }
+    bool response_started = false;
+    auto result = co_await exchange(client_socket_, client_buffer, parser, *server, server_buffer,
+                                    response_started);
+    if (!result) {
+      if (!response_started) {
+        failure_ = result.error();
+        co_await send_failure(client_socket_, version);
+      }
+      co_return;
+    }
+    if (!result->server_reusable) {
+      server.reset();
+      server_lowest_ = nullptr;
+    }
+    if (!result->client_keep_alive) co_return;
+  }
+}
+
+awaitable<void> ClientSession::serve_connect(const Target& target,
+                                             beast::flat_buffer& client_buffer) {
+  auto executor = client_socket_.get_executor();
+  const unsigned version = 11;
+  if (!std::ranges::any_of(config_.connect_ports,
+                           [&](const PortRange& r) { return r.contains(target.port); })) {
+    failure_ = Failure{http::status::forbidden, "port-not-allowed",
+                                  "CONNECT to port " + std::to_string(target.port) +
+                                      " is not allowed"};
+    co_await send_failure(client_socket_, version);
+    co_return;
+  }
+  if (runtime_.decide_connection(target.host) == ConnectionVerdict::refuse) {
+    log::info("connection").kv("conn", id_).kv("host", target.host).kv("verdict", "refuse");
+    failure_ = Failure{http::status::forbidden, "refused",
+                                  "connections to " + target.host + " are refused by policy"};
+    co_await send_failure(client_socket_, version);
+    co_return;
+  }
+
+  // Connect to the server side first: an unreachable origin gets a clear 502/504 on the
+  // CONNECT itself instead of a tunnel that dies.
+  tcp::socket server(executor);
+  server_lowest_ = &server;
+  Resolver resolver(executor, config_.resolve);
+  deadline_.set(config_.timeouts.connect, "connect");
+  auto endpoints = co_await resolver.resolve(target.host, target.port);
+  if (!endpoints) {
+    failure_ = deadline_.expired() ? timeout_failure("DNS for " + target.host)
+                                              : endpoints.error();
+    co_await send_failure(client_socket_, version);
+    co_return;
+  }
+  for (const auto& endpoint : *endpoints) {
+    IpAddress address = to_ip_address(endpoint.address());
+    bool is_own = std::ranges::any_of(config_.listen, [&](const Endpoint& own) {
+      return own.port == endpoint.port() &&
+             (own.address == address || endpoint.address().is_loopback());
+    });
+    if (is_own) {
+      failure_ = Failure{http::status::forbidden, "loop",
+                                    "refusing to connect to the proxy itself"};
+      co_await send_failure(client_socket_, version);
+      co_return;
+    }
+  }
+  auto connected = co_await connect_any(server, *endpoints, target.host);
+  if (!connected) {
+    failure_ = deadline_.expired() ? timeout_failure("connect to " + target.host)
+                                              : connected.error();
+    co_await send_failure(client_socket_, version);
+    co_return;
+  }
+  static constexpr std::string_view kEstablished = "HTTP/1.1 200 Connection established\r\n\r\n";
+  deadline_.set(config_.timeouts.client_hello, "client-hello");
+  auto [wec, written] =
+      co_await asio::async_write(client_socket_, asio::buffer(kEstablished), use_nothrow);
+  if (wec) co_return;
+
+  // Peek: read the ClientHello into our own buffer; the bytes are then replayed to whichever
+  // side needs them (the origin when splicing, our TLS server when intercepting).
+  std::vector<uint8_t> hello_bytes;
+  hello_bytes.reserve(std::max<std::size_t>(client_buffer.size(), 2048));
+  auto leftover = client_buffer.data();
+  hello_bytes.insert(hello_bytes.end(), static_cast<const uint8_t*>(leftover.data()),
+                     static_cast<const uint8_t*>(leftover.data()) + leftover.size());
+  client_buffer.consume(client_buffer.size());
+  const std::size_t limit = config_.limits.client_hello_bytes;
+  std::expected<ClientHello, ClientHelloError> hello = std::unexpected(ClientHelloError::need_more);
+  for (;;) {
+    if (!hello_bytes.empty()) hello = parse_client_hello(hello_bytes, limit);
+    if (hello || hello.error() != ClientHelloError::need_more) break;
+    std::size_t old_size = hello_bytes.size();
+    hello_bytes.resize(std::min(limit, old_size + 16 * 1024));
+    auto [ec, n] = co_await client_socket_.async_read_some(
+        asio::buffer(hello_bytes.data() + old_size, hello_bytes.size() - old_size), use_nothrow);
+    hello_bytes.resize(old_size + n);
+    if (ec) {
+      if (deadline_.expired()) {
+        log::warn("client-hello-timeout").kv("conn", id_).kv("host", target.host);
+      }
+      co_return;
+    }
+  }
+  if (!hello) {
+    if (hello.error() == ClientHelloError::not_tls) {
+      // Not TLS (plain HTTP or another protocol through CONNECT): nothing to peek at.
+      log::info("connection").kv("conn", id_).kv("host", target.host).kv("verdict", "splice").kv(
+          "tls", false);
+      co_await splice(server, hello_bytes);
+    } else {
+      log::warn("bad-client-hello")
+          .kv("conn", id_)
+          .kv("host", target.host)
+          .kv("error", to_string(hello.error()));
+    }
+    co_return;
+  }
+
+  std::optional<std::string> sni = hello->sni.empty() ? std::nullopt : normalized(hello->sni);
+  ConnectionVerdict verdict = runtime_.decide_connection(target.host);
+  // Decide on both names: a client cannot dodge a rule by sending a different SNI.
+  if (sni) verdict = stricter(verdict, runtime_.decide_connection(*sni));
+  log::info("connection")
+      .kv("conn", id_)
+      .kv("client", client_endpoint_.address().to_string())
+      .kv("host", target.host)
+      .kv("port", target.port)
+      .kv("sni", sni.value_or(""))
+      .kv("verdict", to_string(verdict));
+  switch (verdict) {
+    case ConnectionVerdict::splice:
+      co_await splice(server, hello_bytes);
+      break;
+    case ConnectionVerdict::refuse:
+      co_await refuse_tls(*hello);
+      break;
+    case ConnectionVerdict::intercept:
+      co_await intercept(std::move(server), *hello, hello_bytes, target);
+      break;
+  }
+}
+
+awaitable<void> ClientSession::splice(tcp::socket& server, std::span<const uint8_t> client_bytes) {
+  uint64_t up = client_bytes.size();
+  uint64_t down = 0;
+  deadline_.set(config_.timeouts.idle, "tunnel-idle");
+  if (!client_bytes.empty()) {
+    auto [ec, n] = co_await asio::async_write(
+        server, asio::buffer(client_bytes.data(), client_bytes.size()), use_nothrow);
+    if (ec) co_return;
+  }
+  const std::size_t half = config_.limits.relay_buffer_bytes / 2;
+  std::span<char> up_buffer(chunk_.get(), half);
+  std::span<char> down_buffer(chunk_.get() + half, half);
+  co_await (pump(client_socket_, server, up_buffer, up, deadline_, config_.timeouts.idle) &&
+            pump(server, client_socket_, down_buffer, down, deadline_, config_.timeouts.idle));
+  log::info("tunnel-closed").kv("conn", id_).kv("bytes_up", up).kv("bytes_down", down);
+}
+
+awaitable<void> ClientSession::refuse_tls(const ClientHello& hello) {
+  (void)hello;
+  deadline_.set(kGoodbyeBudget, "refuse");
+  co_await asio::async_write(client_socket_, asio::buffer(kAccessDeniedAlert), use_nothrow);
+  error_code ignored;
+  client_socket_.shutdown(tcp::socket::shutdown_both, ignored);
+}
+
+awaitable<void> ClientSession::intercept(tcp::socket server_socket, const ClientHello& hello,
+                                         std::span<const uint8_t> client_bytes,
+                                         const Target& target) {
+  std::optional<std::string> sni = hello.sni.empty() ? std::nullopt : normalized(hello.sni);
+  const std::string name = sni.value_or(target.host);
+
+  TlsStream server(std::move(server_socket), worker_.tls().server_side());
+  server_lowest_ = &server.next_layer();
+  auto offer = server_side_alpn_offer(hello.alpn);
+  prepare_server_side_tls(server.native_handle(), name, offer);
+  deadline_.set(config_.timeouts.tls_handshake, "server-tls-handshake");
+  auto [sec] = co_await server.async_handshake(asio::ssl::stream_base::client, use_nothrow);
+  std::optional<Failure> server_failure;
+  certs::X509Ptr origin_certificate;
+  std::string alpn_choice;
+  if (sec) {
+    server_failure = deadline_.expired()
+                         ? timeout_failure("TLS handshake with " + name)
+                         : Failure{http::status::bad_gateway, "upstream-tls",
+                                   name + ": " + describe_server_tls_failure(server.native_handle(), sec)};
+    deadline_.rearm();
+    log::warn("server-tls-failed").kv("conn", id_).kv("host", name).kv("reason",
+                                                                        server_failure->reason);
+    if (std::ranges::find(hello.alpn, "http/1.1") != hello.alpn.end()) alpn_choice = "http/1.1";
+  } else {
+    origin_certificate.reset(SSL_get1_peer_certificate(server.native_handle()));
+    const unsigned char* selected = nullptr;
+    unsigned selected_length = 0;
+    SSL_get0_alpn_selected(server.native_handle(), &selected, &selected_length);
+    alpn_choice.assign(reinterpret_cast<const char*>(selected), selected_length);
+  }
+
+  auto leaf = runtime_.leaf_cache.get(leaf_request_for(name, origin_certificate.get()));
+  if (!leaf) {
+    log::error("leaf-mint-failed").kv("conn", id_).kv("host", name).kv("reason", leaf.error());
+    co_return;
+  }
+  TlsStream client(std::move(client_socket_), worker_.tls().client_side());
+  client_lowest_ = &client.next_layer();
+  std::vector<X509*> chain;
+  for (const auto& cert : runtime_.ca.chain_to_send()) chain.push_back(cert.get());
+  if (!prepare_client_side_tls(client.native_handle(), (*leaf)->certificate(), runtime_.minter.leaf_key(),
+                               chain, &alpn_choice)) {
+    log::error("client-tls-setup-failed").kv("conn", id_).kv("host", name);
+    co_return;
+  }
+  deadline_.set(config_.timeouts.tls_handshake, "client-tls-handshake");
+  auto [cec, used] = co_await client.async_handshake(
+      asio::ssl::stream_base::server, asio::buffer(client_bytes.data(), client_bytes.size()),
+      use_nothrow);
+  if (cec) {
+    // An alert right after our Certificate usually means the client pins its certificates.
+    log::warn("client-tls-failed")
+        .kv("conn", id_)
+        .kv("host", name)
+        .kv("reason", deadline_.expired() ? std::string("timeout") : cec.message());
+    co_return;
+  }
+  log::info("intercepted").kv("conn", id_).kv("host", name).kv("alpn", alpn_choice);
+  co_await serve_intercepted(client, server, server_failure);
+
+  // Tell the client we are done (close_notify), within a small budget; the server side is
+  // simply closed, as a browser would.
+  deadline_.rearm();
+  deadline_.set(kGoodbyeBudget, "tls-shutdown");
+  co_await client.async_shutdown(use_nothrow);
+}
+
+template <class ClientStream, class ServerStream>
+awaitable<void> ClientSession::serve_intercepted(ClientStream& client, ServerStream& server,
+                                                 const std::optional<Failure>& server_failure) {
+  beast::flat_buffer client_buffer(config_.limits.request_header_bytes + 16 * 1024);
+  beast::flat_buffer server_buffer(config_.limits.response_header_bytes + 16 * 1024);
+  for (bool first = true;; first = false) {
+    RequestParser parser;
+    if (!co_await read_request_head(client, client_buffer, parser, first)) co_return;
+    auto& request = parser.get();
+    if (server_failure) {
+      failure_ = *server_failure;
+      co_await send_failure(client, request.version());
+      co_return;
+    }
+    if (auto failure = check_request(parser)) {
+      failure_ = *failure;
+      co_await send_failure(client, request.version());
+      co_return;
+    }
+    std::string_view target = request.target();
+    if (!target.starts_with('/') && target != "*") {
+      auto url = boost::urls::parse_absolute_uri(target);
+      if (!url) {
+        failure_ = Failure{http::status::bad_request, "bad-request",
+                                      "bad request target"};
+        co_await send_failure(client, request.version());
+        co_return;
+      }
+      std::string origin_form = url->encoded_path().empty() ? "/" : std::string(url->encoded_path());
+      if (url->has_query()) origin_form += "?" + std::string(url->encoded_query());
+      request.target(origin_form);
+    }
+    bool response_started = false;
+    auto result =
+        co_await exchange(client, client_buffer, parser, server, server_buffer, response_started);
+    if (!result) {
+      if (!response_started) {
+        failure_ = result.error();
+        co_await send_failure(client, request.version());
+      }
+      co_return;
+    }
+    // The server side of an intercepted connection is fixed: when it goes, so does the client's.
+    if (!result->client_keep_alive || !result->server_reusable) co_return;
+  }
+}
+
+template <class ClientStream, class ServerStream>
+awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::exchange(
+    ClientStream& client, beast::flat_buffer& client_buffer, RequestParser& request_parser,
+    ServerStream& server, beast::flat_buffer& server_buffer, bool& response_started) {
+  const auto started = std::chrono::steady_clock::now();
+  auto& request = request_parser.get();
+  const bool client_wants_keep_alive = request.keep_alive();
+  const bool is_head = request.method() == http::verb::head;
+  const unsigned client_version = request.version();
+  const std::string method(request.method_string());
+  const std::string host(request[http::field::host]);
+  std::string path(request.target());
+  if (auto q = path.find('?'); q != std::string::npos) path.resize(q);  // queries stay out of logs
+
+  strip_hop_by_hop(request);
+  request.version(11);
+  request.body().data = nullptr;
+  request.body().size = 0;
+  request.body().more = true;
+  http::request_serializer<http::buffer_body> request_serializer{request};
+  deadline_.set(config_.timeouts.io_stall, "request-send");
+  {
+    auto [ec, n] = co_await http::async_write_header(server, request_serializer, use_nothrow);
+    if (ec) {
+      co_return std::unexpected(Failure{http::status::bad_gateway, "upstream-protocol",
+                                        "cannot send the request to the server: " + ec.message()});
+    }
+  }
+
+  std::span<char> chunk(chunk_.get(), config_.limits.relay_buffer_bytes);
+  uint64_t request_bytes = 0;
+  uint64_t response_bytes = 0;
+  std::optional<ResponseParser> response_parser;
+
+  auto send_request_body = [&]() -> awaitable<BodyResult> {
+    auto result = co_await relay_body(client, client_buffer, request_parser, server,
+                                      request_serializer, chunk, deadline_,
+                                      config_.timeouts.io_stall, request_bytes);
+    deadline_.set(config_.timeouts.response_header, "response-header");
+    co_return result;
+  };
+  auto read_response_head = [&]() -> awaitable<std::optional<Failure>> {
+    for (int interim = 0;; ++interim) {
+      response_parser.emplace();
+      response_parser->header_limit(static_cast<std::uint32_t>(config_.limits.response_header_bytes));
+      response_parser->body_limit(boost::none);
+      if (is_head) response_parser->skip(true);
+      auto [ec, n] = co_await http::async_read_header(server, server_buffer, *response_parser,
+                                                      use_nothrow);
+      if (ec) {
+        if (deadline_.expired()) co_return timeout_failure("the response from the server");
+        if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
+          co_return Failure{http::status::bad_gateway, "upstream-protocol",
+                            "response header exceeds the limit"};
+        }
+        if (is_disconnect(ec)) {
+          co_return Failure{http::status::bad_gateway, "upstream-protocol",
+                            "the server closed the connection without a response"};
+        }
+        co_return Failure{http::status::bad_gateway, "upstream-protocol",
+                          "bad response from the server: " + ec.message()};
+      }
+      auto& head = response_parser->get();
+      unsigned status = head.result_int();
+      if (status == 101) {
+        co_return Failure{http::status::bad_gateway, "upstream-protocol",
+                          "protocol upgrades are not relayed yet"};
+      }
+      if (status >= 200) co_return std::nullopt;
+      if (interim >= 8) {
+        co_return Failure{http::status::bad_gateway, "upstream-protocol",
+                          "too many interim responses"};
+      }
+      // 1xx (100 Continue, 103 Early Hints): pass it on to an HTTP/1.1 client, then read on.
+      if (client_version >= 11) {
+        strip_hop_by_hop(head);
+        head.body().data = nullptr;
+        head.body().more = false;
+        http::response_serializer<http::buffer_body> interim_serializer{head};
+        auto [wec, wn] = co_await http::async_write_header(client, interim_serializer, use_nothrow);
+        if (wec) {
+          co_return Failure{http::status::bad_gateway, "client-gone", "client went away"};
+        }
+      }
+    }
+  };
+
+  BodyResult request_result;
+  std::optional<Failure> head_failure;
+  if (request_parser.is_done()) {
+    request_result = co_await send_request_body();
+    if (request_result.outcome == BodyOutcome::done) head_failure = co_await read_response_head();
+  } else {
+    // The body goes up while we wait for the response head: an origin may answer early
+    // (100 Continue, or an error before reading the body).
+    std::tie(request_result, head_failure) =
+        co_await (send_request_body() && read_response_head());
+  }
+  if (request_result.outcome == BodyOutcome::read_failed) {
+    // The client stopped sending its body: nobody is left to answer.
+    response_started = true;
+    co_return std::unexpected(
+        Failure{http::status::bad_request, "client-gone", "client stopped sending the body"});
+  }
+  if (head_failure) co_return std::unexpected(*head_failure);
+  if (request_result.outcome == BodyOutcome::write_failed && !response_parser) {
+    co_return std::unexpected(Failure{http::status::bad_gateway, "upstream-protocol",
+                                      "the server stopped reading the request body"});
+  }
+
+  auto& response = response_parser->get();
+  const unsigned status = response.result_int();
+  const bool server_reusable = response.keep_alive() && !response_parser->need_eof() &&
+                               request_result.outcome == BodyOutcome::done;
+  bool client_keep_alive = client_wants_keep_alive && request_parser.is_done() &&
+                           request_result.outcome == BodyOutcome::done && !closing_ &&
+                           !worker_.draining();
+  strip_hop_by_hop(response);
+  if (response_parser->need_eof() && !is_head) {
+    // The server delimits this body by closing: re-frame it as chunked for an HTTP/1.1 client.
+    if (client_version >= 11) {
+      response.chunked(true);
+    } else {
+      client_keep_alive = false;
+    }
+  }
+  response.version(11);
+  response.keep_alive(client_keep_alive);
+  response.body().data = nullptr;
+  response.body().more = true;
+  http::response_serializer<http::buffer_body> response_serializer{response};
+  deadline_.set(config_.timeouts.io_stall, "response-send");
+  response_started = true;
+  auto [wec, wn] = co_await http::async_write_header(client, response_serializer, use_nothrow);
+  BodyResult response_result;
+  if (wec) {
+    response_result = BodyResult{BodyOutcome::write_failed, wec};
+  } else {
+    response_result = co_await relay_body(server, server_buffer, *response_parser, client,
+                                          response_serializer, chunk, deadline_,
+                                          config_.timeouts.io_stall, response_bytes);
+  }
+  const auto elapsed = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() -
+                                                                started);
+  auto line = log::info("request");
+  line.kv("conn", id_)
+      .kv("method", method)
+      .kv("host", host)
+      .kv("path", path)
+      .kv("status", status)
+      .kv("request_bytes", request_bytes)
+      .kv("response_bytes", response_bytes)
+      .kv("ms", elapsed.count());
+  if (response_result.outcome != BodyOutcome::done) {
+    line.kv("error", response_result.outcome == BodyOutcome::read_failed ? "server-body-failed"
+                                                                           : "client-body-failed")
+        .kv("reason", deadline_.expired() ? std::string("stalled") : response_result.error.message());
+    co_return ExchangeResult{false, false};
+  }
+  co_return ExchangeResult{client_keep_alive, server_reusable};
+}
+
+}  // namespace tokgate::proxy

@@ -1,0 +1,783 @@
+#include "proxy/config.hpp"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <span>
+#include <system_error>
+#include <tuple>
+
+#include "policy/host_pattern.hpp"
+
+namespace tokgate::embedded {
+std::string_view default_config_toml();  // generated from proxy/default_config.toml
+}  // namespace tokgate::embedded
+
+namespace tokgate::proxy {
+namespace {
+
+using namespace std::literals;
+
+// The config's vocabulary, in one place.
+constexpr auto kSectionProxy = "proxy"sv;
+constexpr auto kSectionCa = "ca"sv;
+constexpr auto kSectionUpstream = "upstream"sv;
+constexpr auto kSectionIntercept = "intercept"sv;
+constexpr auto kSectionTimeouts = "timeouts"sv;
+constexpr auto kSectionLimits = "limits"sv;
+
+constexpr auto kKeyListen = "listen"sv;
+constexpr auto kKeyAdmin = "admin"sv;
+constexpr auto kKeyWorkers = "workers"sv;
+constexpr auto kKeyAllowedClients = "allowed_clients"sv;
+constexpr auto kKeyConnectPorts = "connect_ports"sv;
+constexpr auto kKeyDir = "dir"sv;
+constexpr auto kKeyCert = "cert"sv;
+constexpr auto kKeyKey = "key"sv;
+constexpr auto kKeySystemTrust = "system_trust"sv;
+constexpr auto kKeyExtraCa = "extra_ca"sv;
+constexpr auto kKeyResolve = "resolve"sv;
+constexpr auto kKeyHosts = "hosts"sv;
+constexpr auto kKeyRefuse = "refuse"sv;
+constexpr auto kKeyClientHello = "client_hello"sv;
+constexpr auto kKeyTlsHandshake = "tls_handshake"sv;
+constexpr auto kKeyRequestHeader = "request_header"sv;
+constexpr auto kKeyIdle = "idle"sv;
+constexpr auto kKeyConnect = "connect"sv;
+constexpr auto kKeyResponseHeader = "response_header"sv;
+constexpr auto kKeyIoStall = "io_stall"sv;
+constexpr auto kKeyDrain = "drain"sv;
+constexpr auto kKeyRelayBuffer = "relay_buffer"sv;
+constexpr auto kKeyMaxConnections = "max_connections"sv;
+constexpr auto kKeyLeafCache = "leaf_cache"sv;
+
+constexpr auto kAnyPort = "any"sv;
+constexpr unsigned kMaxWorkers = 1024;
+constexpr std::size_t kMaxCount = 10'000'000;  // max_connections, leaf_cache
+constexpr std::size_t kMaxResolveAddresses = 32;
+constexpr std::size_t kMaxResolveEntryLength = 4096;
+constexpr std::size_t kMaxConfigFileBytes = 4 << 20;  // a config is a few KiB; refuse absurd files
+constexpr std::size_t kMaxQuoted = 80;                // longest value echoed in an error
+
+constexpr std::size_t KiB = 1024;
+constexpr std::size_t MiB = 1024 * KiB;
+constexpr std::size_t GiB = 1024 * MiB;
+
+// Makes text safe to print on one line: controls and non-ASCII bytes become \xNN; with
+// `quotes`, quotes and backslashes are escaped too.
+std::string escape(std::string_view text, bool quotes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (char ch : text) {
+    auto c = static_cast<unsigned char>(ch);
+    if (quotes && (c == '\\' || c == '\'')) {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20 || c >= 0x7f) {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+// Echoes a (possibly hostile) value in an error: quoted, escaped, one line, bounded.
+std::string quote(std::string_view text) {
+  std::string out = "'" + escape(text.substr(0, kMaxQuoted), true);
+  if (text.size() > kMaxQuoted) out += "...";
+  out += '\'';
+  return out;
+}
+
+bool has_control_char(std::string_view text) {
+  return std::any_of(text.begin(), text.end(),
+                     [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+}
+
+std::string_view type_name(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::table:
+      return "table";
+    case toml::node_type::array:
+      return "array";
+    case toml::node_type::string:
+      return "string";
+    case toml::node_type::integer:
+      return "integer";
+    case toml::node_type::floating_point:
+      return "float";
+    case toml::node_type::boolean:
+      return "boolean";
+    case toml::node_type::date:
+      return "date";
+    case toml::node_type::time:
+      return "time";
+    case toml::node_type::date_time:
+      return "date-time";
+    case toml::node_type::none:
+      break;
+  }
+  return "nothing";
+}
+
+std::string format_size(std::size_t bytes) {
+  if (bytes >= GiB && bytes % GiB == 0) return std::to_string(bytes / GiB) + "GiB";
+  if (bytes >= MiB && bytes % MiB == 0) return std::to_string(bytes / MiB) + "MiB";
+  if (bytes >= KiB && bytes % KiB == 0) return std::to_string(bytes / KiB) + "KiB";
+  return std::to_string(bytes) + "B";
+}
+
+struct Unit {
+  std::string_view suffix;
+  uint64_t factor;
+};
+constexpr Unit kDurationUnits[] = {{"ms", 1}, {"s", 1000}, {"m", 60'000}, {"h", 3'600'000}};
+constexpr auto kDurationUnitList = "ms, s, m or h"sv;
+constexpr uint64_t kMaxDurationMs = 24 * 3'600'000;
+constexpr Unit kSizeUnits[] = {
+    {"", 1},      {"B", 1},     {"KiB", KiB},      {"MiB", MiB},
+    {"GiB", GiB}, {"KB", 1000}, {"MB", 1'000'000}, {"GB", 1'000'000'000}};
+constexpr auto kSizeUnitList = "B, KiB, MiB, GiB, KB, MB or GB"sv;
+
+// "<decimal integer><unit>", e.g. "250ms" or "64KiB". No sign, no fraction, no spaces.
+std::expected<uint64_t, std::string> parse_quantity(std::string_view text,
+                                                    std::span<const Unit> units,
+                                                    std::string_view unit_list) {
+  std::size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  if (digits == 0) {
+    return std::unexpected("expected an integer followed by a unit (" + std::string(unit_list) +
+                           ")");
+  }
+  uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + digits, value);
+  if (ec != std::errc{}) return std::unexpected("number too large"s);
+  auto suffix = text.substr(digits);
+  auto unit = std::find_if(units.begin(), units.end(),
+                           [suffix](const Unit& u) { return u.suffix == suffix; });
+  if (unit == units.end()) {
+    if (suffix.empty()) return std::unexpected("missing unit (" + std::string(unit_list) + ")");
+    return std::unexpected("unknown unit " + quote(suffix) + " (use " + std::string(unit_list) +
+                           ")");
+  }
+  if (value > UINT64_MAX / unit->factor) return std::unexpected("number too large"s);
+  return value * unit->factor;
+}
+
+std::expected<PortRange, std::string> parse_port_range(std::string_view text) {
+  auto parse_port = [](std::string_view digits) -> std::optional<uint16_t> {
+    unsigned value = 0;
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+    if (digits.empty() || ec != std::errc{} || end != digits.data() + digits.size() || value == 0 ||
+        value > 65535) {
+      return std::nullopt;
+    }
+    return static_cast<uint16_t>(value);
+  };
+  auto dash = text.find('-');
+  auto first = parse_port(text.substr(0, dash));
+  auto last = dash == std::string_view::npos ? first : parse_port(text.substr(dash + 1));
+  if (!first || !last) {
+    return std::unexpected("bad port range " + quote(text) +
+                           " (expected a port 1-65535 or \"FIRST-LAST\")");
+  }
+  if (*first > *last) return std::unexpected("empty port range " + quote(text));
+  return PortRange{*first, *last};
+}
+
+struct Error {
+  uint32_t line;
+  uint32_t column;
+  std::string text;
+};
+
+// Walks the parsed document and fills a Config, collecting every error instead of stopping.
+class Loader {
+ public:
+  Loader(std::string_view source_name, std::filesystem::path base_dir)
+      : source_name_(source_name), base_dir_(std::move(base_dir)) {}
+
+  void error(const toml::source_region& where, std::string message) {
+    errors_.push_back({where.begin.line, where.begin.column, std::move(message)});
+  }
+  void error(const toml::node& where, std::string_view what, std::string message) {
+    error(where.source(), std::string(what) + ": " + message);
+  }
+
+  bool failed() const { return !errors_.empty(); }
+
+  std::string report() {
+    std::stable_sort(errors_.begin(), errors_.end(), [](const Error& a, const Error& b) {
+      return std::tie(a.line, a.column) < std::tie(b.line, b.column);
+    });
+    std::string out;
+    for (const auto& e : errors_) {
+      if (!out.empty()) out += '\n';
+      out += source_name_ + ":" + std::to_string(e.line) + ":" + std::to_string(e.column) + ": " +
+             e.text;
+    }
+    return out;
+  }
+
+  // Relative paths name files next to the config file.
+  std::filesystem::path resolve_path(std::string_view text) const {
+    std::filesystem::path path(text);
+    if (path.is_relative() && !base_dir_.empty()) return base_dir_ / path;
+    return path;
+  }
+
+  // Typed accessors: nullopt/nullptr after reporting the type error.
+  std::optional<std::string_view> string(const toml::node& node, std::string_view what) {
+    const auto* value = node.as_string();
+    if (value == nullptr) {
+      error(node, what, "expected a string, got " + std::string(type_name(node)));
+      return std::nullopt;
+    }
+    std::string_view text = value->get();
+    if (has_control_char(text)) {
+      error(node, what, "control character in " + quote(text));
+      return std::nullopt;
+    }
+    return text;
+  }
+
+  std::optional<int64_t> integer(const toml::node& node, std::string_view what, int64_t min,
+                                 int64_t max) {
+    const auto* value = node.as_integer();
+    if (value == nullptr) {
+      error(node, what, "expected an integer, got " + std::string(type_name(node)));
+      return std::nullopt;
+    }
+    if (value->get() < min || value->get() > max) {
+      error(node, what,
+            std::to_string(value->get()) + " is out of range (" + std::to_string(min) + ".." +
+                std::to_string(max) + ")");
+      return std::nullopt;
+    }
+    return value->get();
+  }
+
+  const toml::array* array(const toml::node& node, std::string_view what) {
+    const auto* value = node.as_array();
+    if (value == nullptr) {
+      error(node, what, "expected an array, got " + std::string(type_name(node)));
+    }
+    return value;
+  }
+
+  // Calls parse_one(element, "what[i]") for each element of an array.
+  template <typename ParseOne>
+  void each(const toml::node& node, std::string_view what, ParseOne&& parse_one) {
+    const auto* elements = array(node, what);
+    if (elements == nullptr) return;
+    for (std::size_t i = 0; i < elements->size(); ++i) {
+      parse_one(*elements->get(i), std::string(what) + "[" + std::to_string(i) + "]");
+    }
+  }
+
+  std::optional<std::filesystem::path> path(const toml::node& node, std::string_view what) {
+    auto text = string(node, what);
+    if (!text) return std::nullopt;
+    if (text->empty()) {
+      error(node, what, "empty path");
+      return std::nullopt;
+    }
+    return resolve_path(*text);
+  }
+
+ private:
+  std::string source_name_;
+  std::filesystem::path base_dir_;
+  std::vector<Error> errors_;
+};
+
+using Apply = void (*)(Loader&, Config&, const toml::node&, const std::string& what);
+
+struct KeySpec {
+  std::string_view name;
+  Apply apply;
+};
+
+// ---- [proxy]
+
+void apply_listen(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
+  std::vector<Endpoint> listen;
+  loader.each(node, what, [&](const toml::node& element, const std::string& where) {
+    auto text = loader.string(element, where);
+    if (!text) return;
+    auto endpoint = Endpoint::parse(*text);
+    if (!endpoint) {
+      loader.error(element, where, "bad address " + quote(*text) + " (expected ADDR:PORT)");
+    } else if (endpoint->port != 0 &&
+               std::find(listen.begin(), listen.end(), *endpoint) != listen.end()) {
+      loader.error(element, where, "duplicate listener " + quote(*text));
+    } else {
+      listen.push_back(*endpoint);
+    }
+  });
+  if (node.is_array() && node.as_array()->empty()) {
+    loader.error(node, what, "needs at least one address");
+  }
+  config.listen = std::move(listen);
+}
+
+void apply_admin(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
+  auto text = loader.string(node, what);
+  if (!text) return;
+  auto endpoint = Endpoint::parse(*text);
+  if (!endpoint) {
+    loader.error(node, what, "bad address " + quote(*text) + " (expected ADDR:PORT)");
+    return;
+  }
+  config.admin = *endpoint;
+}
+
+void apply_workers(Loader& loader, Config& config, const toml::node& node,
+                   const std::string& what) {
+  if (auto value = loader.integer(node, what, 0, kMaxWorkers)) {
+    config.workers = static_cast<unsigned>(*value);
+  }
+}
+
+void apply_allowed_clients(Loader& loader, Config& config, const toml::node& node,
+                           const std::string& what) {
+  std::vector<Cidr> blocks;
+  loader.each(node, what, [&](const toml::node& element, const std::string& where) {
+    auto text = loader.string(element, where);
+    if (!text) return;
+    if (auto cidr = Cidr::parse(*text)) {
+      blocks.push_back(*cidr);
+    } else {
+      loader.error(element, where, "bad CIDR " + quote(*text));
+    }
+  });
+  if (node.is_array() && node.as_array()->empty()) {
+    loader.error(node, what, "needs at least one CIDR (no client could connect)");
+  }
+  config.allowed_clients = std::move(blocks);
+}
+
+void apply_connect_ports(Loader& loader, Config& config, const toml::node& node,
+                         const std::string& what) {
+  // "any" alone, as a string or as the only element, allows every port.
+  auto is_any = [](const toml::node& n) {
+    return n.is_string() && n.as_string()->get() == kAnyPort;
+  };
+  if (is_any(node)) {
+    config.connect_ports = {{1, 65535}};
+    return;
+  }
+  const auto* elements = node.as_array();
+  std::vector<PortRange> ranges;
+  loader.each(node, what, [&](const toml::node& element, const std::string& where) {
+    if (is_any(element)) {
+      if (elements->size() != 1) loader.error(element, where, "\"any\" must be the only entry");
+      ranges.push_back({1, 65535});
+    } else if (element.is_integer()) {
+      if (auto port = loader.integer(element, where, 1, 65535)) {
+        ranges.push_back({static_cast<uint16_t>(*port), static_cast<uint16_t>(*port)});
+      }
+    } else if (element.is_string()) {
+      auto range = parse_port_range(element.as_string()->get());
+      if (range) {
+        ranges.push_back(*range);
+      } else {
+        loader.error(element, where, range.error());
+      }
+    } else {
+      loader.error(element, where,
+                   "expected a port number or a \"FIRST-LAST\" string, got " +
+                       std::string(type_name(element)));
+    }
+  });
+  config.connect_ports = std::move(ranges);
+}
+
+constexpr KeySpec kProxyKeys[] = {
+    {kKeyListen, apply_listen},
+    {kKeyAdmin, apply_admin},
+    {kKeyWorkers, apply_workers},
+    {kKeyAllowedClients, apply_allowed_clients},
+    {kKeyConnectPorts, apply_connect_ports},
+};
+
+// ---- [ca]
+
+template <std::filesystem::path Config::*Field>
+void apply_path(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
+  if (auto path = loader.path(node, what)) config.*Field = std::move(*path);
+}
+
+constexpr KeySpec kCaKeys[] = {
+    {kKeyDir, apply_path<&Config::ca_dir>},
+    {kKeyCert, apply_path<&Config::ca_cert>},
+    {kKeyKey, apply_path<&Config::ca_key>},
+};
+
+// ---- [upstream]
+
+void apply_system_trust(Loader& loader, Config& config, const toml::node& node,
+                        const std::string& what) {
+  if (const auto* value = node.as_boolean()) {
+    config.system_trust = value->get();
+  } else {
+    loader.error(node, what, "expected true or false, got " + std::string(type_name(node)));
+  }
+}
+
+void apply_extra_ca(Loader& loader, Config& config, const toml::node& node,
+                    const std::string& what) {
+  std::vector<std::filesystem::path> files;
+  loader.each(node, what, [&](const toml::node& element, const std::string& where) {
+    if (auto path = loader.path(element, where)) files.push_back(std::move(*path));
+  });
+  config.extra_ca_files = std::move(files);
+}
+
+void apply_resolve(Loader& loader, Config& config, const toml::node& node,
+                   const std::string& what) {
+  std::vector<ResolveOverride> overrides;
+  loader.each(node, what, [&](const toml::node& element, const std::string& where) {
+    auto text = loader.string(element, where);
+    if (!text) return;
+    auto entry = parse_resolve_override(*text);
+    if (entry) {
+      overrides.push_back(std::move(*entry));
+    } else {
+      loader.error(element, where, "bad entry " + quote(*text) + ": " + entry.error());
+    }
+  });
+  config.resolve = std::move(overrides);
+}
+
+constexpr KeySpec kUpstreamKeys[] = {
+    {kKeySystemTrust, apply_system_trust},
+    {kKeyExtraCa, apply_extra_ca},
+    {kKeyResolve, apply_resolve},
+};
+
+// ---- [intercept]
+
+template <std::vector<std::string> Config::*Field>
+void apply_host_patterns(Loader& loader, Config& config, const toml::node& node,
+                         const std::string& what) {
+  std::vector<std::string> patterns;
+  loader.each(node, what, [&](const toml::node& element, const std::string& where) {
+    auto text = loader.string(element, where);
+    if (!text) return;
+    auto pattern = policy::HostPattern::parse(*text);
+    if (pattern) {
+      patterns.push_back(pattern->text());
+    } else {
+      loader.error(element, where, "bad host pattern " + quote(*text) + ": " + pattern.error());
+    }
+  });
+  config.*Field = std::move(patterns);
+}
+
+constexpr KeySpec kInterceptKeys[] = {
+    {kKeyHosts, apply_host_patterns<&Config::intercept_hosts>},
+    {kKeyRefuse, apply_host_patterns<&Config::refuse_hosts>},
+};
+
+// ---- [timeouts]
+
+template <std::chrono::milliseconds Timeouts::*Field>
+void apply_duration(Loader& loader, Config& config, const toml::node& node,
+                    const std::string& what) {
+  auto text = loader.string(node, what);
+  if (!text) return;
+  auto ms = parse_quantity(*text, kDurationUnits, kDurationUnitList);
+  if (!ms) {
+    loader.error(node, what, "bad duration " + quote(*text) + ": " + ms.error());
+  } else if (*ms == 0) {
+    loader.error(node, what, "duration must be greater than zero");
+  } else if (*ms > kMaxDurationMs) {
+    loader.error(node, what, "duration " + quote(*text) + " is longer than 24h");
+  } else {
+    config.timeouts.*Field = std::chrono::milliseconds(*ms);
+  }
+}
+
+constexpr KeySpec kTimeoutKeys[] = {
+    {kKeyClientHello, apply_duration<&Timeouts::client_hello>},
+    {kKeyTlsHandshake, apply_duration<&Timeouts::tls_handshake>},
+    {kKeyRequestHeader, apply_duration<&Timeouts::request_header>},
+    {kKeyIdle, apply_duration<&Timeouts::idle>},
+    {kKeyConnect, apply_duration<&Timeouts::connect>},
+    {kKeyResponseHeader, apply_duration<&Timeouts::response_header>},
+    {kKeyIoStall, apply_duration<&Timeouts::io_stall>},
+    {kKeyDrain, apply_duration<&Timeouts::drain>},
+};
+
+// ---- [limits]
+
+// A size is a string with a unit ("64KiB") or a plain integer of bytes (string or TOML integer).
+template <std::size_t Limits::*Field, std::size_t Min, std::size_t Max>
+void apply_size(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
+  uint64_t bytes = 0;
+  std::string shown;
+  if (const auto* integer = node.as_integer()) {
+    if (integer->get() < 0) {
+      loader.error(node, what, "size must not be negative");
+      return;
+    }
+    bytes = static_cast<uint64_t>(integer->get());
+    shown = std::to_string(bytes);
+  } else if (node.is_string()) {
+    auto text = loader.string(node, what);
+    if (!text) return;
+    auto parsed = parse_quantity(*text, kSizeUnits, kSizeUnitList);
+    if (!parsed) {
+      loader.error(node, what, "bad size " + quote(*text) + ": " + parsed.error());
+      return;
+    }
+    bytes = *parsed;
+    shown = quote(*text);
+  } else {
+    loader.error(node, what,
+                 "expected a size such as \"64KiB\", got " + std::string(type_name(node)));
+    return;
+  }
+  if (bytes < Min || bytes > Max) {
+    loader.error(
+        node, what,
+        "size " + shown + " is out of range (" + format_size(Min) + ".." + format_size(Max) + ")");
+    return;
+  }
+  config.limits.*Field = static_cast<std::size_t>(bytes);
+}
+
+template <std::size_t Limits::*Field>
+void apply_count(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
+  if (auto value = loader.integer(node, what, 1, kMaxCount)) {
+    config.limits.*Field = static_cast<std::size_t>(*value);
+  }
+}
+
+constexpr KeySpec kLimitKeys[] = {
+    {kKeyClientHello, apply_size<&Limits::client_hello_bytes, 1 * KiB, 1 * MiB>},
+    {kKeyRequestHeader, apply_size<&Limits::request_header_bytes, 1 * KiB, 1 * GiB>},
+    {kKeyResponseHeader, apply_size<&Limits::response_header_bytes, 1 * KiB, 1 * GiB>},
+    {kKeyRelayBuffer, apply_size<&Limits::relay_buffer_bytes, 512, 1 * GiB>},
+    {kKeyMaxConnections, apply_count<&Limits::max_connections>},
+    {kKeyLeafCache, apply_count<&Limits::leaf_cache_entries>},
+};
+
+// ---- the document
+
+struct SectionSpec {
+  std::string_view name;
+  std::span<const KeySpec> keys;
+};
+
+constexpr SectionSpec kSections[] = {
+    {kSectionProxy, kProxyKeys},       {kSectionCa, kCaKeys},
+    {kSectionUpstream, kUpstreamKeys}, {kSectionIntercept, kInterceptKeys},
+    {kSectionTimeouts, kTimeoutKeys},  {kSectionLimits, kLimitKeys},
+};
+
+const toml::node* find(const toml::table& root, std::string_view section, std::string_view key) {
+  const auto* table = root.get_as<toml::table>(section);
+  return table == nullptr ? nullptr : table->get(key);
+}
+
+// Rules that involve more than one key.
+void check_combinations(Loader& loader, const Config& config, const toml::table& root) {
+  const auto* cert = find(root, kSectionCa, kKeyCert);
+  const auto* key = find(root, kSectionCa, kKeyKey);
+  if ((cert == nullptr) != (key == nullptr)) {
+    const auto* given = cert != nullptr ? cert : key;
+    loader.error(given->source(),
+                 "[ca] cert and key must be given together (a CA of your own needs both)");
+  }
+
+  if (config.admin.port != 0 &&
+      std::find(config.listen.begin(), config.listen.end(), config.admin) != config.listen.end()) {
+    const auto* where = find(root, kSectionProxy, kKeyAdmin);
+    if (where == nullptr) where = find(root, kSectionProxy, kKeyListen);
+    if (where != nullptr) {
+      loader.error(where->source(), "proxy.admin " + quote(config.admin.to_string()) +
+                                        " is also a proxy.listen address");
+    }
+  }
+}
+
+void apply_document(Loader& loader, Config& config, const toml::table& root) {
+  for (auto&& [section_key, section_node] : root) {
+    auto section = std::find_if(std::begin(kSections), std::end(kSections),
+                                [&](const SectionSpec& s) { return s.name == section_key.str(); });
+    if (section == std::end(kSections)) {
+      loader.error(section_key.source(), "unknown section " + quote(section_key.str()));
+      continue;
+    }
+    const auto* table = section_node.as_table();
+    if (table == nullptr) {
+      loader.error(section_node, section_key.str(),
+                   "expected a table ([" + std::string(section->name) + "]), got " +
+                       std::string(type_name(section_node)));
+      continue;
+    }
+    for (auto&& [key, node] : *table) {
+      auto spec = std::find_if(section->keys.begin(), section->keys.end(),
+                               [&](const KeySpec& k) { return k.name == key.str(); });
+      if (spec == section->keys.end()) {
+        loader.error(key.source(), "unknown key " + quote(key.str()) + " in [" +
+                                       std::string(section->name) + "]");
+        continue;
+      }
+      spec->apply(loader, config, node, std::string(section->name) + "." + std::string(key.str()));
+    }
+  }
+  check_combinations(loader, config, root);
+}
+
+std::expected<Config, std::string> parse(std::string_view text, std::string_view source_name,
+                                         std::filesystem::path base_dir) {
+  Loader loader(source_name, std::move(base_dir));
+  toml::table root;
+  try {
+    root = toml::parse(text, source_name);
+  } catch (const toml::parse_error& e) {
+    // Config loading is not the data plane: toml++ reports syntax errors by exception.
+    loader.error(e.source(), escape(e.description(), false));
+    return std::unexpected(loader.report());
+  }
+  Config config;
+  apply_document(loader, config, root);
+  if (loader.failed()) return std::unexpected(loader.report());
+  return config;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [&](char x, char y) { return lower(x) == y; });
+}
+
+}  // namespace
+
+bool ResolveOverride::matches(std::string_view host, uint16_t request_port) const {
+  if (port && *port != request_port) return false;
+  if (host_pattern == "*") return true;
+  if (host.ends_with('.')) host.remove_suffix(1);
+  if (host_pattern.starts_with("*.")) {
+    std::string_view suffix = std::string_view(host_pattern).substr(2);
+    return host.size() > suffix.size() + 1 &&
+           iequals(host.substr(host.size() - suffix.size()), suffix) &&
+           host[host.size() - suffix.size() - 1] == '.';
+  }
+  return iequals(host, host_pattern);
+}
+
+std::expected<ResolveOverride, std::string> parse_resolve_override(std::string_view text) {
+  if (text.size() > kMaxResolveEntryLength) return std::unexpected("entry too long"s);
+  auto first_colon = text.find(':');
+  auto second_colon =
+      first_colon == std::string_view::npos ? first_colon : text.find(':', first_colon + 1);
+  if (second_colon == std::string_view::npos) {
+    return std::unexpected("expected HOST:PORT:ADDR[,ADDR...]"s);
+  }
+  auto host = text.substr(0, first_colon);
+  auto port = text.substr(first_colon + 1, second_colon - first_colon - 1);
+  auto addresses = text.substr(second_colon + 1);
+
+  ResolveOverride entry;
+  auto pattern = policy::HostPattern::parse(host);
+  if (!pattern) return std::unexpected("bad host " + quote(host) + ": " + pattern.error());
+  if (pattern->kind() == policy::HostPattern::Kind::at_or_below) {
+    return std::unexpected("bad host " + quote(host) + ": use \"*.name\" or an exact name");
+  }
+  entry.host_pattern = pattern->text();
+
+  if (port != "*") {
+    auto range = parse_port_range(port);
+    if (!range || range->first != range->last || port.find('-') != std::string_view::npos) {
+      return std::unexpected("bad port " + quote(port) + " (expected 1-65535 or \"*\")");
+    }
+    entry.port = range->first;
+  }
+
+  while (true) {
+    auto comma = addresses.find(',');
+    auto item = addresses.substr(0, comma);
+    auto address = IpAddress::parse(item);
+    if (!address || item.find('\0') != std::string_view::npos) {
+      return std::unexpected("bad address " + quote(item));
+    }
+    if (entry.addresses.size() == kMaxResolveAddresses) {
+      return std::unexpected("more than " + std::to_string(kMaxResolveAddresses) + " addresses");
+    }
+    entry.addresses.push_back(*address);
+    if (comma == std::string_view::npos) break;
+    addresses.remove_prefix(comma + 1);
+  }
+  return entry;
+}
+
+std::filesystem::path default_ca_dir() {
+  // Only absolute values count: the XDG spec says to ignore relative ones.
+  const char* data_home = std::getenv("XDG_DATA_HOME");
+  if (data_home != nullptr && data_home[0] == '/') {
+    return std::filesystem::path(data_home) / "tokgate" / "ca";
+  }
+  const char* home = std::getenv("HOME");
+  if (home != nullptr && home[0] == '/') {
+    return std::filesystem::path(home) / ".local" / "share" / "tokgate" / "ca";
+  }
+  return "/var/lib/tokgate/ca";
+}
+
+std::string_view embedded_default_config() {
+  return embedded::default_config_toml();
+}
+
+std::expected<Config, std::string> parse_config(std::string_view toml_text,
+                                                std::string_view source_name) {
+  return parse(toml_text, source_name, {});
+}
+
+std::expected<Config, std::string> load_config_file(const std::filesystem::path& path) {
+  const std::string name = path.string();
+  auto cannot_read = [&](std::string_view reason) {
+    return std::unexpected(name + ": cannot read: " + std::string(reason));
+  };
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return cannot_read("is a directory");
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) return cannot_read(std::strerror(errno));
+  std::string text;
+  char buffer[16 * 1024];
+  bool too_large = false;
+  while (true) {
+    std::size_t n = std::fread(buffer, 1, sizeof buffer, file);
+    text.append(buffer, n);
+    if (text.size() > kMaxConfigFileBytes) {
+      too_large = true;
+      break;
+    }
+    if (n < sizeof buffer) break;
+  }
+  bool read_error = std::ferror(file) != 0;
+  int read_errno = errno;
+  std::fclose(file);
+  if (too_large) return cannot_read("larger than " + format_size(kMaxConfigFileBytes));
+  if (read_error) return cannot_read(std::strerror(read_errno));
+
+  // Resolve against an absolute directory, so a later chdir cannot change what the paths mean.
+  auto absolute = std::filesystem::absolute(path, ec);
+  auto base_dir = ec ? path.parent_path() : absolute.parent_path();
+  auto config = parse(text, name, base_dir);
+  if (config) config->source = path;
+  return config;
+}
+
+}  // namespace tokgate::proxy

@@ -1,0 +1,96 @@
+// The proxy's configuration: one TOML file parsed once into an immutable, validated struct.
+// Every value has a safe default, so an empty file (or no file) is a working configuration.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <expected>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "proxy/net_types.hpp"
+
+namespace tokgate::proxy {
+
+// A curl-style --resolve override: HOST:PORT:ADDR[,ADDR...]. HOST may be "*" or "*.suffix"
+// (any name at or below suffix, label boundary), PORT may be "*".
+struct ResolveOverride {
+  std::string host_pattern;     // lower-case, no trailing dot; "*", "*.example.com" or exact
+  std::optional<uint16_t> port; // nullopt = any port
+  std::vector<IpAddress> addresses;
+
+  bool matches(std::string_view host, uint16_t port) const;
+};
+
+// Parses "HOST:PORT:ADDR[,ADDR]..." (IPv6 addresses in brackets: "[::1]").
+std::expected<ResolveOverride, std::string> parse_resolve_override(std::string_view text);
+
+struct PortRange {
+  uint16_t first = 0;
+  uint16_t last = 0;
+  bool contains(uint16_t port) const { return port >= first && port <= last; }
+};
+
+struct Timeouts {
+  std::chrono::milliseconds client_hello{10'000};      // CONNECT accepted -> full ClientHello
+  std::chrono::milliseconds tls_handshake{10'000};     // each side
+  std::chrono::milliseconds request_header{30'000};    // first byte -> end of request head
+  std::chrono::milliseconds idle{300'000};             // keep-alive wait for the next request
+  std::chrono::milliseconds connect{10'000};           // resolve + TCP connect to the server side
+  std::chrono::milliseconds response_header{60'000};   // request sent -> response head
+  std::chrono::milliseconds io_stall{120'000};         // no progress on a body or tunnel
+  std::chrono::milliseconds drain{30'000};             // SIGTERM: wait for in-flight requests
+};
+
+struct Limits {
+  std::size_t client_hello_bytes = 64 * 1024;
+  std::size_t request_header_bytes = 64 * 1024;
+  std::size_t response_header_bytes = 64 * 1024;
+  std::size_t relay_buffer_bytes = 64 * 1024;  // per direction, per connection
+  std::size_t max_connections = 10'000;        // per process
+  std::size_t leaf_cache_entries = 10'000;
+};
+
+struct Config {
+  std::filesystem::path source;  // file the config came from; empty for the embedded default
+
+  // [proxy]
+  std::vector<Endpoint> listen{Endpoint{IpAddress::loopback_v4(), 8080}};
+  Endpoint admin{IpAddress::loopback_v4(), 8081};
+  unsigned workers = 0;  // 0 = one per core
+  std::vector<Cidr> allowed_clients{Cidr::loopback_v4(), Cidr::loopback_v6()};
+  std::vector<PortRange> connect_ports{{443, 443}};
+
+  // [ca]
+  std::filesystem::path ca_dir;    // empty = default_ca_dir()
+  std::filesystem::path ca_cert;   // with ca_key: bring-your-own CA (overrides ca_dir)
+  std::filesystem::path ca_key;
+
+  // [upstream]
+  bool system_trust = true;
+  std::vector<std::filesystem::path> extra_ca_files;
+  std::vector<ResolveOverride> resolve;
+
+  // [intercept]: until the policy engine decides, this host list picks what is decrypted.
+  std::vector<std::string> intercept_hosts;  // globs: "*.tiktok.com", "tiktok.com"
+  std::vector<std::string> refuse_hosts;
+
+  Timeouts timeouts;
+  Limits limits;
+};
+
+// "$XDG_DATA_HOME/tokgate/ca", else "$HOME/.local/share/tokgate/ca", else "/var/lib/tokgate/ca".
+std::filesystem::path default_ca_dir();
+
+// The default configuration shipped inside the binary (text of config/default.toml).
+std::string_view embedded_default_config();
+
+// Parses TOML text. Errors read "NAME:LINE:COL: what is wrong", one per line, every error found.
+std::expected<Config, std::string> parse_config(std::string_view toml_text, std::string_view source_name);
+std::expected<Config, std::string> load_config_file(const std::filesystem::path& path);
+
+}  // namespace tokgate::proxy

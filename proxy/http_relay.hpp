@@ -1,0 +1,67 @@
+// HTTP/1.1 message plumbing shared by the plain and the intercepted paths: hop-by-hop header
+// removal, the proxy's own error responses, and body streaming through a fixed chunk (read the
+// head, decide, then stream: nothing ever holds a whole body).
+#pragma once
+
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "proxy/asio_types.hpp"
+#include "proxy/deadline.hpp"
+
+namespace tokgate::proxy {
+
+using RequestParser = http::request_parser<http::buffer_body>;
+using ResponseParser = http::response_parser<http::buffer_body>;
+
+// Removes the headers that describe one hop (RFC 9110 section 7.6.1) so they are not forwarded:
+// Connection and every field it names, Keep-Alive, Proxy-Connection, Proxy-Authorization,
+// Proxy-Authenticate, TE, Trailer, Upgrade. Transfer-Encoding stays: the serializer re-frames it.
+void strip_hop_by_hop(http::fields& fields);
+
+// The proxy's own error response: one line of text and a machine-readable X-Tokgate-Error code.
+http::response<http::string_body> failure_response(const Failure& failure, unsigned version);
+
+enum class BodyOutcome { done, read_failed, write_failed };
+struct BodyResult {
+  BodyOutcome outcome = BodyOutcome::done;
+  error_code error;
+};
+
+// Streams the rest of a message from `in` to `out`: the head was parsed by `parser` and has
+// already been written through `serializer`. Every chunk moves the deadline forward by `stall`,
+// so a body may take as long as it needs while it keeps moving.
+template <bool isRequest, class InStream, class OutStream>
+awaitable<BodyResult> relay_body(InStream& in, beast::flat_buffer& in_buffer,
+                                 http::parser<isRequest, http::buffer_body>& parser, OutStream& out,
+                                 http::serializer<isRequest, http::buffer_body>& serializer,
+                                 std::span<char> chunk, Deadline& deadline,
+                                 std::chrono::milliseconds stall, uint64_t& bytes) {
+  auto& body = parser.get().body();
+  while (!serializer.is_done()) {
+    deadline.set(stall, isRequest ? "request-body" : "response-body");
+    if (!parser.is_done()) {
+      body.data = chunk.data();
+      body.size = chunk.size();
+      auto [ec, n] = co_await http::async_read(in, in_buffer, parser, use_nothrow);
+      if (ec && ec != http::error::need_buffer) co_return BodyResult{BodyOutcome::read_failed, ec};
+      body.size = chunk.size() - body.size;
+      body.data = chunk.data();
+      body.more = !parser.is_done();
+      bytes += body.size;
+    } else {
+      body.data = nullptr;
+      body.size = 0;
+      body.more = false;
+    }
+    auto [ec, n] = co_await http::async_write(out, serializer, use_nothrow);
+    if (ec && ec != http::error::need_buffer) co_return BodyResult{BodyOutcome::write_failed, ec};
+  }
+  co_return BodyResult{};
+}
+
+}  // namespace tokgate::proxy

@@ -1,0 +1,169 @@
+#include "proxy/tls_contexts.hpp"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "proxy/net_types.hpp"
+
+namespace tokgate::proxy {
+namespace {
+
+// TLS 1.2 suites toward clients: forward secrecy and AEAD only; our leaves are ECDSA.
+constexpr const char* kClientSideCiphers12 =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305";
+// Toward origins: the same rule, for either key type the origin may have.
+constexpr const char* kServerSideCiphers12 =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384";
+
+std::string openssl_error_text() {
+  unsigned long code = ERR_get_error();
+  if (code == 0) return "unknown OpenSSL error";
+  char buf[256];
+  ERR_error_string_n(code, buf, sizeof buf);
+  ERR_clear_error();
+  return buf;
+}
+
+int alpn_choice_index() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+// Selects the protocol stored on the connection, if the client offered it.
+int select_alpn(SSL* ssl, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+                unsigned int inlen, void*) {
+  auto* choice = static_cast<const std::string*>(SSL_get_ex_data(ssl, alpn_choice_index()));
+  if (choice == nullptr || choice->empty()) return SSL_TLSEXT_ERR_NOACK;
+  for (unsigned i = 0; i < inlen;) {
+    unsigned len = in[i];
+    if (i + 1 + len > inlen) break;
+    if (len == choice->size() && std::equal(choice->begin(), choice->end(), in + i + 1)) {
+      *out = in + i + 1;
+      *outlen = static_cast<unsigned char>(len);
+      return SSL_TLSEXT_ERR_OK;
+    }
+    i += 1 + len;
+  }
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
+void check(int ok, std::string_view what) {
+  if (ok != 1) throw std::runtime_error(std::string(what) + ": " + openssl_error_text());
+}
+
+}  // namespace
+
+TlsContexts::TlsContexts(const Config& config)
+    : client_side_(asio::ssl::context::tls_server), server_side_(asio::ssl::context::tls_client) {
+  SSL_CTX* cs = client_side_.native_handle();
+  check(SSL_CTX_set_min_proto_version(cs, TLS1_2_VERSION), "client side TLS version");
+  check(SSL_CTX_set_cipher_list(cs, kClientSideCiphers12), "client side ciphers");
+  SSL_CTX_set_options(cs, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                              SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
+  SSL_CTX_set_mode(cs, SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_alpn_select_cb(cs, select_alpn, nullptr);
+
+  SSL_CTX* ss = server_side_.native_handle();
+  check(SSL_CTX_set_min_proto_version(ss, TLS1_2_VERSION), "server side TLS version");
+  check(SSL_CTX_set_cipher_list(ss, kServerSideCiphers12), "server side ciphers");
+  SSL_CTX_set_options(ss, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                              SSL_OP_IGNORE_UNEXPECTED_EOF);
+  SSL_CTX_set_mode(ss, SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_verify(ss, SSL_VERIFY_PEER, nullptr);
+  if (config.system_trust) check(SSL_CTX_set_default_verify_paths(ss), "system trust store");
+  for (const auto& file : config.extra_ca_files) {
+    if (SSL_CTX_load_verify_locations(ss, file.c_str(), nullptr) != 1) {
+      throw std::runtime_error(file.string() + ": cannot load trusted CA file: " +
+                               openssl_error_text());
+    }
+  }
+}
+
+void prepare_server_side_tls(SSL* ssl, const std::string& verify_name,
+                             std::span<const std::string> alpn_offer) {
+  if (auto literal = IpAddress::parse(verify_name)) {
+    // No SNI for IP literals (RFC 6066); verify the address against the certificate's IP SANs.
+    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), literal->to_string().c_str());
+  } else {
+    SSL_set_tlsext_host_name(ssl, verify_name.c_str());
+    SSL_set1_host(ssl, verify_name.c_str());
+    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+  }
+  std::string wire;
+  for (const auto& protocol : alpn_offer) {
+    if (protocol.empty() || protocol.size() > 255) continue;
+    wire.push_back(static_cast<char>(protocol.size()));
+    wire.append(protocol);
+  }
+  if (!wire.empty()) {
+    SSL_set_alpn_protos(ssl, reinterpret_cast<const unsigned char*>(wire.data()),
+                        static_cast<unsigned>(wire.size()));
+  }
+}
+
+bool prepare_client_side_tls(SSL* ssl, X509* leaf, EVP_PKEY* leaf_key,
+                             std::span<X509* const> chain, const std::string* alpn_choice) {
+  if (SSL_use_certificate(ssl, leaf) != 1 || SSL_use_PrivateKey(ssl, leaf_key) != 1) return false;
+  for (X509* cert : chain) {
+    if (SSL_add1_chain_cert(ssl, cert) != 1) return false;
+  }
+  SSL_set_ex_data(ssl, alpn_choice_index(), const_cast<std::string*>(alpn_choice));
+  return true;
+}
+
+std::string describe_server_tls_failure(SSL* ssl, const error_code& ec) {
+  long verify = SSL_get_verify_result(ssl);
+  if (verify != X509_V_OK) {
+    return std::string("certificate verify failed: ") + X509_verify_cert_error_string(verify);
+  }
+  return "TLS handshake failed: " + ec.message();
+}
+
+certs::LeafRequest leaf_request_for(const std::string& requested_name, X509* origin_certificate) {
+  certs::LeafRequest request;
+  request.common_name = requested_name;
+  if (IpAddress::parse(requested_name)) {
+    request.ip_addresses.push_back(requested_name);
+  } else {
+    request.dns_names.push_back(requested_name);
+  }
+  if (origin_certificate == nullptr) return request;
+  auto* names = static_cast<GENERAL_NAMES*>(
+      X509_get_ext_d2i(origin_certificate, NID_subject_alt_name, nullptr, nullptr));
+  if (names == nullptr) return request;
+  for (int i = 0; i < sk_GENERAL_NAME_num(names); ++i) {
+    const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
+    if (name->type == GEN_DNS) {
+      const ASN1_IA5STRING* text = name->d.dNSName;
+      request.dns_names.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(text)),
+                                     static_cast<std::size_t>(ASN1_STRING_length(text)));
+    } else if (name->type == GEN_IPADD) {
+      const ASN1_OCTET_STRING* octets = name->d.iPAddress;
+      std::array<uint8_t, 16> bytes{};
+      int len = ASN1_STRING_length(octets);
+      const unsigned char* data = ASN1_STRING_get0_data(octets);
+      if (len == 4) {
+        request.ip_addresses.push_back(IpAddress::v4({data[0], data[1], data[2], data[3]}).to_string());
+      } else if (len == 16) {
+        std::copy_n(data, 16, bytes.begin());
+        request.ip_addresses.push_back(IpAddress::v6(bytes).to_string());
+      }
+    }
+  }
+  GENERAL_NAMES_free(names);
+  return request;
+}
+
+std::vector<std::string> server_side_alpn_offer(std::span<const std::string> client_alpn) {
+  // HTTP/2 arrives with its own issue; until then both legs speak HTTP/1.1 whatever was offered.
+  (void)client_alpn;
+  return {"http/1.1"};
+}
+
+}  // namespace tokgate::proxy

@@ -1,0 +1,110 @@
+#include "proxy/worker.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "proxy/client_session.hpp"
+#include "proxy/log.hpp"
+
+namespace tokgate::proxy {
+
+Worker::Worker(Runtime& runtime, unsigned index)
+    : runtime_(runtime), index_(index), tls_(runtime.config) {}
+
+Worker::~Worker() {
+  stop();
+  join();
+}
+
+tcp::endpoint Worker::listen(const tcp::endpoint& endpoint) {
+  auto& acceptor = acceptors_.emplace_back(io_);
+  acceptor.open(endpoint.protocol());
+  acceptor.set_option(tcp::acceptor::reuse_address(true));
+  // Every worker binds the same address; the kernel spreads connections over them.
+  acceptor.set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true));
+  if (endpoint.address().is_v6()) acceptor.set_option(asio::ip::v6_only(true));
+  acceptor.bind(endpoint);
+  acceptor.listen(asio::socket_base::max_listen_connections);
+  return acceptor.local_endpoint();
+}
+
+void Worker::start() {
+  for (auto& acceptor : acceptors_) {
+    asio::co_spawn(io_, accept_loop(acceptor), asio::detached);
+  }
+  thread_ = std::thread([this] {
+    for (;;) {
+      try {
+        io_.run();
+        return;
+      } catch (const std::exception& e) {
+        // A bug surfaced as an exception: log it and keep the worker's other connections going.
+        log::error("worker-exception").kv("worker", index_).kv("what", e.what());
+      }
+    }
+  });
+}
+
+void Worker::begin_drain() {
+  asio::post(io_, [this] {
+    draining_ = true;
+    for (auto& acceptor : acceptors_) {
+      error_code ignored;
+      acceptor.close(ignored);
+    }
+    for (ClientSession* session : sessions_) session->close_if_idle();
+  });
+}
+
+void Worker::stop() { io_.stop(); }
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+std::list<ClientSession*>::iterator Worker::add_session(ClientSession* session) {
+  active_.fetch_add(1, std::memory_order_acq_rel);
+  sessions_.push_front(session);
+  return sessions_.begin();
+}
+
+void Worker::remove_session(std::list<ClientSession*>::iterator it) {
+  sessions_.erase(it);
+  active_.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+awaitable<void> Worker::accept_loop(tcp::acceptor& acceptor) {
+  asio::steady_timer backoff(io_);
+  while (!draining_) {
+    auto [ec, socket] = co_await acceptor.async_accept(use_nothrow);
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if (ec) {
+      // Out of file descriptors or memory: pause accepting briefly instead of spinning; the
+      // connections we already have keep working and free descriptors as they close.
+      log::warn("accept-failed").kv("worker", index_).kv("reason", ec.message());
+      backoff.expires_after(std::chrono::milliseconds(100));
+      co_await backoff.async_wait(use_nothrow);
+      continue;
+    }
+    if (runtime_.open_connections.load(std::memory_order_relaxed) >=
+        runtime_.config.limits.max_connections) {
+      log::warn("connection-limit").kv("worker", index_).kv("limit",
+                                                             runtime_.config.limits.max_connections);
+      error_code ignored;
+      socket.close(ignored);
+      continue;
+    }
+    auto session = std::make_unique<ClientSession>(*this, std::move(socket));
+    asio::co_spawn(io_, ClientSession::run(std::move(session)), [](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        log::error("session-exception").kv("what", ex.what());
+      }
+    });
+  }
+}
+
+}  // namespace tokgate::proxy

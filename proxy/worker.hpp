@@ -1,0 +1,63 @@
+// One worker: one thread, one io_context, its own listening sockets (SO_REUSEPORT: the kernel
+// spreads new connections over the workers) and its own TLS contexts. A connection lives on the
+// worker that accepted it from accept to close, so nothing on the data path takes a lock.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+
+#include <atomic>
+#include <list>
+#include <thread>
+#include <vector>
+
+#include "proxy/asio_types.hpp"
+#include "proxy/runtime.hpp"
+#include "proxy/tls_contexts.hpp"
+
+namespace tokgate::proxy {
+
+class ClientSession;
+
+class Worker {
+ public:
+  Worker(Runtime& runtime, unsigned index);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Binds a listener (SO_REUSEPORT) and returns the bound endpoint; throws on failure.
+  tcp::endpoint listen(const tcp::endpoint& endpoint);
+  void start();
+  // Thread-safe: stop accepting, close idle connections, let in-flight requests finish.
+  void begin_drain();
+  // Thread-safe: stop the event loop now (after the drain deadline).
+  void stop();
+  void join();
+  std::size_t active_sessions() const { return active_.load(std::memory_order_acquire); }
+
+  Runtime& runtime() { return runtime_; }
+  const Config& config() const { return runtime_.config; }
+  TlsContexts& tls() { return tls_; }
+  asio::io_context& io() { return io_; }
+  bool draining() const { return draining_; }
+  unsigned index() const { return index_; }
+
+  // Session registry, used only on this worker's thread.
+  std::list<ClientSession*>::iterator add_session(ClientSession* session);
+  void remove_session(std::list<ClientSession*>::iterator it);
+
+ private:
+  awaitable<void> accept_loop(tcp::acceptor& acceptor);
+
+  Runtime& runtime_;
+  unsigned index_;
+  asio::io_context io_{1};
+  TlsContexts tls_;
+  std::list<tcp::acceptor> acceptors_;
+  std::list<ClientSession*> sessions_;
+  std::atomic<std::size_t> active_{0};
+  bool draining_ = false;
+  std::thread thread_;
+};
+
+}  // namespace tokgate::proxy
