@@ -53,8 +53,9 @@ std::string LeafCache::cache_key(const LeafRequest& request) const {
   // Every name and list is preceded by its length, so no two requests feed the same bytes.
   auto feed_size = [&digest](std::uint64_t size) {
     std::array<unsigned char, 8> bytes{};
-    for (std::size_t i = 0; i < bytes.size(); ++i)
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
       bytes[i] = static_cast<unsigned char>(size >> (8 * i));
+    }
     return EVP_DigestUpdate(digest.get(), bytes.data(), bytes.size()) == 1;
   };
   auto feed = [&](std::string_view text) {
@@ -101,11 +102,12 @@ std::expected<std::shared_ptr<const LeafCertificate>, std::string> LeafCache::ge
     return std::unexpected(minted.error());
   }
   auto leaf = std::make_shared<const LeafCertificate>(std::move(*minted));
-  // Renewing only helps if a new leaf would live longer; when the CA itself expires within
-  // two days every leaf is capped by it, and re-minting on each get would gain nothing.
+  // Renewing early only helps if a new leaf would live longer. A leaf with under two days to
+  // live was capped by a CA about to expire: re-minting it on every get would gain nothing, so
+  // it is renewed when it expires (and that mint fails, saying the CA has expired).
   const Clock::time_point renew_at = (leaf->not_after() - now > 2 * renew_before)
                                          ? leaf->not_after() - renew_before
-                                         : Clock::time_point::max();
+                                         : leaf->not_after();
 
   if (recency_.size() >= capacity_) {
     index_.erase(recency_.back().key);

@@ -349,6 +349,7 @@ int run_proxy(std::span<const std::string_view> args) {
     Runtime runtime(std::move(config), std::move(*ca));
     Server server(runtime);
     server.bind();
+    server.bind_admin();
     return server.run();
   } catch (const std::exception& e) {
     log::error("startup-failed").kv("reason", e.what());

@@ -18,6 +18,7 @@ tcp::endpoint to_tcp(const Endpoint& endpoint) {
 }  // namespace
 
 Server::Server(Runtime& runtime) : runtime_(runtime) {
+  signal(SIGPIPE, SIG_IGN);
   unsigned count = runtime.config.workers;
   if (count == 0) count = std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < count; ++i) workers_.push_back(std::make_unique<Worker>(runtime, i));
@@ -44,19 +45,57 @@ void Server::bind() {
   }
 }
 
+void Server::bind_admin() {
+  const Endpoint& configured = runtime_.config.admin;
+  if (!configured.address.unmapped().is_v4() || configured.address.bytes()[0] != 127) {
+    if (configured.address != IpAddress::loopback_v6()) {
+      // Off loopback the admin port needs authentication, which arrives with the web UI.
+      throw std::runtime_error("admin address " + configured.to_string() +
+                               " is not loopback; only loopback is supported for now");
+    }
+  }
+  webui::AdminContent content;
+  content.version = "0.1.0";
+  content.ca_pem = runtime_.ca.pem();
+  content.ca_der = runtime_.ca.der();
+  content.ca_fingerprint = runtime_.ca.fingerprint_sha256();
+  content.status_json = [this] {
+    std::size_t active = 0;
+    for (auto& worker : workers_) active += worker->active_sessions();
+    auto uptime = std::chrono::duration_cast<std::chrono::seconds>(
+        std::chrono::steady_clock::now() - started_);
+    return "{\"version\":\"0.1.0\",\"uptime_seconds\":" + std::to_string(uptime.count()) +
+           ",\"workers\":" + std::to_string(workers_.size()) +
+           ",\"open_connections\":" + std::to_string(active) +
+           ",\"leaf_cache\":{\"size\":" + std::to_string(runtime_.leaf_cache.size()) +
+           ",\"hits\":" + std::to_string(runtime_.leaf_cache.hits()) +
+           ",\"mints\":" + std::to_string(runtime_.leaf_cache.misses()) + "}}";
+  };
+  try {
+    admin_ = std::make_unique<webui::AdminServer>(main_io_, to_tcp(configured), std::move(content));
+  } catch (const std::exception& e) {
+    throw std::runtime_error("cannot listen on " + configured.to_string() + ": " + e.what());
+  }
+  log::info("listening")
+      .kv("role", "admin")
+      .kv("address", Endpoint{configured.address, admin_->local_endpoint().port()}.to_string());
+}
+
 int Server::run() {
-  asio::io_context main_io;
-  asio::signal_set signals(main_io, SIGINT, SIGTERM);
-  signal(SIGPIPE, SIG_IGN);
+  auto& main_io = main_io_;
+  auto& signals = signals_;
   for (auto& worker : workers_) worker->start();
+  if (admin_) admin_->start();
 
   int received = 0;
   signals.async_wait([&](const error_code& ec, int number) {
     if (!ec) received = number;
+    main_io.stop();  // the admin listener shares this loop: leave run() now
   });
   main_io.run();
   log::info("draining").kv("signal", received == SIGTERM ? "SIGTERM" : "SIGINT");
   for (auto& worker : workers_) worker->begin_drain();
+  if (admin_) admin_->stop();
 
   // A second signal means "now".
   bool forced = false;

@@ -2,11 +2,15 @@
 // in-flight requests, then exit).
 #pragma once
 
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+
 #include <memory>
 #include <vector>
 
 #include "proxy/runtime.hpp"
 #include "proxy/worker.hpp"
+#include "web-ui/admin_server.hpp"
 
 namespace tokgate::proxy {
 
@@ -17,12 +21,20 @@ class Server {
 
   // Binds every listener on every worker; throws std::runtime_error naming the address.
   void bind();
+  // Binds the admin listener (loopback only until the web UI brings authentication).
+  void bind_admin();
   // Runs until SIGTERM or SIGINT, then drains; returns the process exit code.
   int run();
 
  private:
   Runtime& runtime_;
+  asio::io_context main_io_;
+  // Made before any listener exists: a signal that arrives the moment we log "listening" is
+  // queued, not lost (and does not kill the process with the default action).
+  asio::signal_set signals_{main_io_, SIGINT, SIGTERM};
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::unique_ptr<webui::AdminServer> admin_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };
 
 }  // namespace tokgate::proxy

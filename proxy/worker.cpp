@@ -15,10 +15,17 @@ Worker::Worker(Runtime& runtime, unsigned index)
 Worker::~Worker() {
   stop();
   join();
+  // Sessions still open after the drain deadline unwind now, while the registry they
+  // remove themselves from, the TLS contexts and the acceptors still exist.
+  for (auto& acceptor : acceptors_) {
+    error_code ignored;
+    acceptor.close(ignored);
+  }
+  io_.reset();
 }
 
 tcp::endpoint Worker::listen(const tcp::endpoint& endpoint) {
-  auto& acceptor = acceptors_.emplace_back(io_);
+  auto& acceptor = acceptors_.emplace_back(*io_);
   acceptor.open(endpoint.protocol());
   acceptor.set_option(tcp::acceptor::reuse_address(true));
   // Every worker binds the same address; the kernel spreads connections over them.
@@ -31,12 +38,12 @@ tcp::endpoint Worker::listen(const tcp::endpoint& endpoint) {
 
 void Worker::start() {
   for (auto& acceptor : acceptors_) {
-    asio::co_spawn(io_, accept_loop(acceptor), asio::detached);
+    asio::co_spawn(*io_, accept_loop(acceptor), asio::detached);
   }
   thread_ = std::thread([this] {
     for (;;) {
       try {
-        io_.run();
+        io_->run();
         return;
       } catch (const std::exception& e) {
         // A bug surfaced as an exception: log it and keep the worker's other connections going.
@@ -47,7 +54,7 @@ void Worker::start() {
 }
 
 void Worker::begin_drain() {
-  asio::post(io_, [this] {
+  asio::post(*io_, [this] {
     draining_ = true;
     for (auto& acceptor : acceptors_) {
       error_code ignored;
@@ -57,7 +64,7 @@ void Worker::begin_drain() {
   });
 }
 
-void Worker::stop() { io_.stop(); }
+void Worker::stop() { io_->stop(); }
 
 void Worker::join() {
   if (thread_.joinable()) thread_.join();
@@ -75,7 +82,7 @@ void Worker::remove_session(std::list<ClientSession*>::iterator it) {
 }
 
 awaitable<void> Worker::accept_loop(tcp::acceptor& acceptor) {
-  asio::steady_timer backoff(io_);
+  asio::steady_timer backoff(*io_);
   while (!draining_) {
     auto [ec, socket] = co_await acceptor.async_accept(use_nothrow);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
@@ -96,7 +103,7 @@ awaitable<void> Worker::accept_loop(tcp::acceptor& acceptor) {
       continue;
     }
     auto session = std::make_unique<ClientSession>(*this, std::move(socket));
-    asio::co_spawn(io_, ClientSession::run(std::move(session)), [](std::exception_ptr e) {
+    asio::co_spawn(*io_, ClientSession::run(std::move(session)), [](std::exception_ptr e) {
       if (!e) return;
       try {
         std::rethrow_exception(e);

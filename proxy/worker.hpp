@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <list>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -38,7 +39,7 @@ class Worker {
   Runtime& runtime() { return runtime_; }
   const Config& config() const { return runtime_.config; }
   TlsContexts& tls() { return tls_; }
-  asio::io_context& io() { return io_; }
+  asio::io_context& io() { return *io_; }
   bool draining() const { return draining_; }
   unsigned index() const { return index_; }
 
@@ -51,7 +52,9 @@ class Worker {
 
   Runtime& runtime_;
   unsigned index_;
-  asio::io_context io_{1};
+  // Destroyed first, explicitly (see ~Worker): its pending coroutine frames own sessions that
+  // still use this worker's other members while they unwind.
+  std::unique_ptr<asio::io_context> io_ = std::make_unique<asio::io_context>(1);
   TlsContexts tls_;
   std::list<tcp::acceptor> acceptors_;
   std::list<ClientSession*> sessions_;

@@ -11,6 +11,7 @@ process is killed in a cleanup even when a test fails, and every wait polls agai
 """
 
 import atexit
+import hashlib
 import json
 import os
 import re
@@ -164,7 +165,7 @@ class Pki:
     cert_dir: Path         # what origin.py --cert-dir wants: good/wrong/expired/untrusted .pem/.key
 
 
-def _openssl(*args, cwd):
+def _openssl(*args):
     return run(["openssl", *args], timeout=60)
 
 
@@ -183,17 +184,17 @@ def _generate_pki(root):
     def make_ca(stem, cn):
         _openssl("req", "-config", cnf, "-x509", "-new", *ec, "-keyout", root / (stem + ".key"),
                  "-out", root / (stem + ".pem"), "-days", "3650", "-sha256",
-                 "-subj", "/O=tokgate tests/CN=%s" % cn, "-extensions", "v3_ca", cwd=root)
+                 "-subj", "/O=tokgate tests/CN=%s" % cn, "-extensions", "v3_ca")
 
     def make_csr(stem, cn):
         _openssl("req", "-config", cnf, "-new", *ec, "-keyout", certs / (stem + ".key"),
-                 "-out", root / (stem + ".csr"), "-subj", "/O=tokgate tests/CN=%s" % cn, cwd=root)
+                 "-out", root / (stem + ".csr"), "-subj", "/O=tokgate tests/CN=%s" % cn)
 
     def sign(stem, ca_stem, section):
         _openssl("x509", "-req", "-in", root / (stem + ".csr"), "-CA", root / (ca_stem + ".pem"),
                  "-CAkey", root / (ca_stem + ".key"), "-set_serial", "0x" + secrets.token_hex(8),
                  "-days", "825", "-sha256", "-extfile", cnf, "-extensions", section,
-                 "-out", certs / (stem + ".pem"), cwd=root)
+                 "-out", certs / (stem + ".pem"))
 
     make_ca("test-ca", "tokgate integration test root CA")
     make_ca("untrusted-ca", "tokgate integration UNTRUSTED CA")
@@ -208,7 +209,7 @@ def _generate_pki(root):
              "-cert", root / "test-ca.pem", "-keyfile", root / "test-ca.key",
              "-in", root / "expired.csr", "-out", certs / "expired.pem",
              "-startdate", "20200101000000Z", "-enddate", "20200201000000Z",
-             "-extfile", cnf, "-extensions", "leaf_expired", cwd=root)
+             "-extfile", cnf, "-extensions", "leaf_expired")
     for key in certs.glob("*.key"):
         key.chmod(0o600)
     return Pki(dir=root, ca_cert=root / "test-ca.pem", ca_key=root / "test-ca.key",
@@ -455,7 +456,8 @@ class Tokgate:
 # --- test-case base -------------------------------------------------------------------------------
 
 class IntegrationTestCase(unittest.TestCase):
-    """setUpClass makes a temp dir, the shared PKI and one origin; start_tokgate() adds proxies.
+    """setUpClass makes a temp dir, the shared PKI and one origin (shared by the class's tests);
+    start_tokgate() starts a proxy for one test, so a crash is pinned on the test that caused it.
     Everything started is stopped in class or test cleanups, whatever happens."""
 
     maxDiff = None
@@ -471,12 +473,6 @@ class IntegrationTestCase(unittest.TestCase):
         if cls.start_origin:
             cls.origin = Origin(cls.pki)
             cls.addClassCleanup(cls.origin.stop)
-
-    @classmethod
-    def start_class_tokgate(cls, name, args=(), config_text=None):
-        proxy = Tokgate(cls.tmp / name, args, config_text)
-        cls.addClassCleanup(proxy.stop, signal.SIGKILL)
-        return proxy
 
     def start_tokgate(self, name=None, args=(), config_text=None, wait=True):
         """A proxy for this test only. If it dies on its own during the test (a crash), the
@@ -589,7 +585,6 @@ def curl(url, proxy=None, cacert=None, args=(), timeout=CURL_TIMEOUT, output=Non
 
 
 def sha256_file(path):
-    import hashlib
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while True:

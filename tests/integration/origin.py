@@ -339,17 +339,12 @@ class OriginServer(ThreadingHTTPServer):
         self.tls_context = tls_context
         self.scheme = "https" if tls_context is not None else "http"
         self.verbose = verbose
-        self._sni_lock = threading.Lock()
-        self._sni_by_socket = {}
         super().__init__(address, OriginHandler)
 
-    def remember_sni(self, tls_socket, server_name):
-        with self._sni_lock:
-            self._sni_by_socket[id(tls_socket)] = server_name
-
-    def sni_of(self, connection):
-        with self._sni_lock:
-            return self._sni_by_socket.get(id(connection))
+    @staticmethod
+    def sni_of(connection):
+        """The server name the client sent (recorded by the SNI callback), or None."""
+        return getattr(connection, "tokgate_sni", None)
 
     def finish_request(self, request, client_address):
         if self.tls_context is None:
@@ -367,8 +362,6 @@ class OriginServer(ThreadingHTTPServer):
         except (ssl.SSLError, OSError):
             pass
         finally:
-            with self._sni_lock:
-                self._sni_by_socket.pop(id(connection), None)
             try:
                 connection.shutdown(socket.SHUT_WR)
             except OSError:
@@ -381,7 +374,7 @@ class OriginServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-def make_tls_context(cert_dir, server_holder):
+def make_tls_context(cert_dir):
     """The good context answers every name; the callback swaps in another one by SNI."""
     def load(stem):
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -397,8 +390,8 @@ def make_tls_context(cert_dir, server_holder):
     good = load("good")
 
     def on_sni(tls_socket, server_name, _context):
-        server = server_holder[0]
-        server.remember_sni(tls_socket, server_name)
+        # tls_socket is the ssl.SSLSocket being handshaken: the name lives on it.
+        tls_socket.tokgate_sni = server_name
         chosen = by_name.get((server_name or "").lower())
         if chosen is not None:
             tls_socket.context = chosen
@@ -417,10 +410,8 @@ def main(argv=None):
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
-    holder = []
-    tls_context = make_tls_context(args.cert_dir, holder)
+    tls_context = make_tls_context(args.cert_dir)
     https_server = OriginServer((args.host, args.https_port), tls_context, args.verbose)
-    holder.append(https_server)
     http_server = OriginServer((args.host, args.http_port), None, args.verbose)
 
     for server in (https_server, http_server):

@@ -18,7 +18,6 @@
 #include <fstream>
 #include <iostream>
 #include <map>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -31,6 +30,16 @@ using Clock = std::chrono::system_clock;
 using namespace std::chrono_literals;
 
 constexpr auto one_day = std::chrono::hours(24);
+
+// True if text has the shape: each 'X' in shape stands for one upper-case hex digit.
+bool matches_shape(std::string_view text, std::string_view shape) {
+  if (text.size() != shape.size()) return false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const bool hex_digit = (text[i] >= '0' && text[i] <= '9') || (text[i] >= 'A' && text[i] <= 'F');
+    if (shape[i] == 'X' ? !hex_digit : text[i] != shape[i]) return false;
+  }
+  return true;
+}
 
 mode_t file_mode(const fs::path& path) {
   struct stat info {};
@@ -318,8 +327,7 @@ TEST_F(CertsTest, CreateWritesKeyPrivateAndCertificatePublic) {
   EXPECT_GE(ASN1_STRING_length(serial), 8);
   EXPECT_EQ(EVP_PKEY_get_base_id(ca.private_key()), EVP_PKEY_EC);
   EXPECT_EQ(EVP_PKEY_get_bits(ca.private_key()), 256);
-  EXPECT_TRUE(std::regex_match(ca.subject(), std::regex("CN=tokgate CA [0-9A-F]{8},O=tokgate")))
-      << ca.subject();
+  EXPECT_TRUE(matches_shape(ca.subject(), "CN=tokgate CA XXXXXXXX,O=tokgate")) << ca.subject();
   EXPECT_LT(ca.not_before(), Clock::now());
   EXPECT_GT(ca.not_after(), Clock::now() + 9 * 365 * one_day);
   EXPECT_LT(ca.not_after(), Clock::now() + 11 * 365 * one_day);
@@ -364,8 +372,10 @@ TEST_F(CertsTest, LoadDirRoundTrips) {
   auto loaded = CertificateAuthority::load_dir(dir_ / "ca");
   ASSERT_TRUE(loaded) << loaded.error();
   EXPECT_EQ(loaded->fingerprint_sha256(), created.fingerprint_sha256());
-  EXPECT_TRUE(
-      std::regex_match(loaded->fingerprint_sha256(), std::regex("([0-9A-F]{2}:){31}[0-9A-F]{2}")));
+  EXPECT_TRUE(matches_shape(loaded->fingerprint_sha256(),
+                            "XX:XX:XX:XX:XX:XX:XX:XX:XX:XX:XX:XX:XX:XX:XX:XX:"
+                            "XX:XX:XX:XX:XX:XX:XX:XX:XX:XX:XX:XX:XX:XX:XX:XX"))
+      << loaded->fingerprint_sha256();
   EXPECT_EQ(loaded->subject(), created.subject());
   EXPECT_EQ(loaded->der(), created.der());
   EXPECT_EQ(loaded->pem(), created.pem());
@@ -495,9 +505,9 @@ TEST_F(CertsTest, RsaCaIsAcceptedAndSignsLeaves) {
   ASSERT_TRUE(leaf) << leaf.error();
   EXPECT_EQ(X509_get_signature_nid(leaf->get()), NID_sha256WithRSAEncryption);
   EXPECT_EQ(verify(leaf->get(), root.get()), "ok");
-  EXPECT_EQ(tls_handshake(leaf->get(), minter.leaf_key(), ca->chain_to_send(), root.get(),
-                          "rsa.example"),
-            "ok");
+  EXPECT_EQ(
+      tls_handshake(leaf->get(), minter.leaf_key(), ca->chain_to_send(), root.get(), "rsa.example"),
+      "ok");
 
   EvpPkeyPtr weak = make_rsa_key(1024);
   X509Ptr weak_root = make_cert({.common_name = "weak", .key = weak.get()});

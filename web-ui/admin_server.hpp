@@ -1,0 +1,49 @@
+// The admin listener (default 127.0.0.1:8081): health, a status summary and the CA download.
+// It runs on the main thread's event loop, apart from the workers, so a busy data plane never
+// hides the health endpoint and the admin port never slows the data plane.
+#pragma once
+
+#include <boost/asio/ip/tcp.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "proxy/asio_types.hpp"
+
+namespace tokgate::webui {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+struct AdminContent {
+  std::string version;
+  std::string ca_pem;
+  std::vector<uint8_t> ca_der;
+  std::string ca_fingerprint;
+  // Called on each /status request; returns a JSON object.
+  std::function<std::string()> status_json;
+};
+
+class AdminServer {
+ public:
+  AdminServer(asio::io_context& io, const tcp::endpoint& endpoint, AdminContent content);
+  tcp::endpoint local_endpoint() const { return acceptor_.local_endpoint(); }
+  void start();
+  void stop();
+
+ private:
+  proxy::awaitable<void> accept_loop();
+  proxy::awaitable<void> serve(tcp::socket socket);
+
+  asio::io_context& io_;
+  tcp::acceptor acceptor_;
+  AdminContent content_;
+  // Shared with each connection's frame, which may be destroyed after this object when the
+  // event loop is torn down.
+  std::shared_ptr<std::size_t> open_ = std::make_shared<std::size_t>(0);
+};
+
+}  // namespace tokgate::webui
