@@ -72,7 +72,7 @@ class LeafCache {
 
   // One mutex over the whole cache, held while minting. A miss mints under it, so concurrent
   // misses for one name mint once and never see a half-made entry. The cost is that a mint
-  // (about 100 us) briefly delays other names; it happens once per name per renewal period.
+  // (0.1-0.2 ms) briefly delays other names; it happens once per name per renewal period.
   std::mutex mutex_;
   std::list<Entry> recency_;  // most recently used first
   // Views into Entry::key: list nodes never move, and an index entry is erased with its node.

@@ -25,7 +25,8 @@ constexpr int kOk = 0;
 constexpr int kFailure = 1;
 constexpr int kUsage = 2;
 
-constexpr std::string_view kMainHelp = R"(tokgate - a TLS-intercepting proxy that recognises TikTok and WeChat traffic
+constexpr std::string_view kMainHelp =
+    R"(tokgate - a TLS-intercepting proxy that recognises TikTok and WeChat traffic
 
 Usage:
   tokgate run [options]          run the proxy (explicit proxy on 127.0.0.1:8080 by default)
@@ -177,7 +178,8 @@ int run_ca(std::span<const std::string_view> args) {
     } else if (name == "--out" && action == "export") {
       out = *value;
     } else {
-      return usage_error("unknown option for 'ca " + std::string(action) + "': " + std::string(name));
+      return usage_error("unknown option for 'ca " + std::string(action) +
+                         "': " + std::string(name));
     }
   }
   if (where.cert.empty() != where.key.empty()) {
@@ -312,11 +314,16 @@ int run_proxy(std::span<const std::string_view> args) {
       if (!ports) return bad("expected ports or ranges such as 443,8443 or 1-65535");
       config.connect_ports = std::move(*ports);
     } else if (name == "--log-level") {
-      if (value == "debug") log::set_min_level(log::Level::debug);
-      else if (value == "info") log::set_min_level(log::Level::info);
-      else if (value == "warn") log::set_min_level(log::Level::warn);
-      else if (value == "error") log::set_min_level(log::Level::error);
-      else return bad("expected debug, info, warn or error");
+      if (value == "debug")
+        log::set_min_level(log::Level::debug);
+      else if (value == "info")
+        log::set_min_level(log::Level::info);
+      else if (value == "warn")
+        log::set_min_level(log::Level::warn);
+      else if (value == "error")
+        log::set_min_level(log::Level::error);
+      else
+        return bad("expected debug, info, warn or error");
     } else {
       return usage_error("unknown option for 'run': " + std::string(name));
     }

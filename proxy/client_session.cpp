@@ -76,9 +76,12 @@ bool is_disconnect(const error_code& ec) {
 ConnectionVerdict stricter(ConnectionVerdict a, ConnectionVerdict b) {
   auto rank = [](ConnectionVerdict v) {
     switch (v) {
-      case ConnectionVerdict::refuse: return 2;
-      case ConnectionVerdict::intercept: return 1;
-      case ConnectionVerdict::splice: return 0;
+      case ConnectionVerdict::refuse:
+        return 2;
+      case ConnectionVerdict::intercept:
+        return 1;
+      case ConnectionVerdict::splice:
+        return 0;
     }
     return 0;
   };
@@ -90,8 +93,8 @@ ConnectionVerdict stricter(ConnectionVerdict a, ConnectionVerdict b) {
 awaitable<void> pump(tcp::socket& from, tcp::socket& to, std::span<char> buffer, uint64_t& bytes,
                      Deadline& deadline, milliseconds idle) {
   for (;;) {
-    auto [ec, n] = co_await from.async_read_some(asio::buffer(buffer.data(), buffer.size()),
-                                                 use_nothrow);
+    auto [ec, n] =
+        co_await from.async_read_some(asio::buffer(buffer.data(), buffer.size()), use_nothrow);
     error_code ignored;
     if (ec) {
       if (ec == asio::error::eof) {
@@ -104,7 +107,8 @@ awaitable<void> pump(tcp::socket& from, tcp::socket& to, std::span<char> buffer,
     }
     bytes += n;
     deadline.set(idle, "tunnel-idle");
-    auto [wec, written] = co_await asio::async_write(to, asio::buffer(buffer.data(), n), use_nothrow);
+    auto [wec, written] =
+        co_await asio::async_write(to, asio::buffer(buffer.data(), n), use_nothrow);
     if (wec) {
       from.cancel(ignored);
       to.cancel(ignored);
@@ -167,7 +171,7 @@ awaitable<void> ClientSession::flow() {
   if (!allowed) {
     log::warn("client-not-allowed").kv("conn", id_).kv("client", client_ip.to_string());
     failure_ = Failure{http::status::forbidden, "client-not-allowed",
-                                  "client " + client_ip.to_string() + " may not use this proxy"};
+                       "client " + client_ip.to_string() + " may not use this proxy"};
     co_await send_failure(client_socket_, 11);
     co_return;
   }
@@ -221,14 +225,15 @@ awaitable<bool> ClientSession::read_request_head(ClientStream& client, beast::fl
   if (!ec) co_return true;
   if (deadline_.expired()) {
     failure_ = Failure{http::status::request_timeout, "request-timeout",
-                                  "request header not received in time"};
+                       "request header not received in time"};
     co_await send_failure(client, 11);
   } else if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
-    failure_ = Failure{http::status::request_header_fields_too_large,
-                                  "request-header-too-large", "request header exceeds the limit"};
+    failure_ = Failure{http::status::request_header_fields_too_large, "request-header-too-large",
+                       "request header exceeds the limit"};
     co_await send_failure(client, 11);
   } else if (!is_disconnect(ec) && ec != asio::error::operation_aborted) {
-    failure_ = Failure{http::status::bad_request, "bad-request", "malformed request: " + ec.message()};
+    failure_ =
+        Failure{http::status::bad_request, "bad-request", "malformed request: " + ec.message()};
     co_await send_failure(client, 11);
   }
   co_return false;
@@ -253,9 +258,9 @@ awaitable<void> ClientSession::serve_explicit() {
         host = normalized(authority->host_address());
       }
       if (!host) {
-        failure_ = Failure{http::status::bad_request, "bad-request",
-                                      "CONNECT needs host:port, got '" +
-                                          std::string(request.target().substr(0, 200)) + "'"};
+        failure_ = Failure{
+            http::status::bad_request, "bad-request",
+            "CONNECT needs host:port, got '" + std::string(request.target().substr(0, 200)) + "'"};
         co_await send_failure(client_socket_, version);
         co_return;
       }
@@ -276,8 +281,8 @@ awaitable<void> ClientSession::serve_explicit() {
     }
     if (!host || (url->has_port() && url->port_number() == 0)) {
       failure_ = Failure{http::status::bad_request, "bad-request",
-                                    "a proxy request needs an absolute http:// URI; use CONNECT "
-                                    "for https"};
+                         "a proxy request needs an absolute http:// URI; use CONNECT "
+                         "for https"};
       co_await send_failure(client_socket_, version);
       co_return;
     }
@@ -285,8 +290,9 @@ awaitable<void> ClientSession::serve_explicit() {
     std::string origin_form = url->encoded_path().empty() ? "/" : std::string(url->encoded_path());
     if (url->has_query()) origin_form += "?" + std::string(url->encoded_query());
     request.target(origin_form);
-    request.set(http::field::host, bracketed(target.host) +
-                                       (target.port == 80 ? "" : ":" + std::to_string(target.port)));
+    request.set(
+        http::field::host,
+        bracketed(target.host) + (target.port == 80 ? "" : ":" + std::to_string(target.port)));
 
     if (!server || server_target.host != target.host || server_target.port != target.port) {
       server.emplace(executor);
@@ -302,8 +308,8 @@ awaitable<void> ClientSession::serve_explicit() {
         connected = std::unexpected(endpoints.error());
       }
       if (!connected) {
-        failure_ = deadline_.expired() ? timeout_failure("connect to " + target.host)
-                                                  : connected.error();
+        failure_ =
+            deadline_.expired() ? timeout_failure("connect to " + target.host) : connected.error();
         co_await send_failure(client_socket_, version);
         co_return;
       }
@@ -334,15 +340,14 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
   if (!std::ranges::any_of(config_.connect_ports,
                            [&](const PortRange& r) { return r.contains(target.port); })) {
     failure_ = Failure{http::status::forbidden, "port-not-allowed",
-                                  "CONNECT to port " + std::to_string(target.port) +
-                                      " is not allowed"};
+                       "CONNECT to port " + std::to_string(target.port) + " is not allowed"};
     co_await send_failure(client_socket_, version);
     co_return;
   }
   if (runtime_.decide_connection(target.host) == ConnectionVerdict::refuse) {
     log::info("connection").kv("conn", id_).kv("host", target.host).kv("verdict", "refuse");
     failure_ = Failure{http::status::forbidden, "refused",
-                                  "connections to " + target.host + " are refused by policy"};
+                       "connections to " + target.host + " are refused by policy"};
     co_await send_failure(client_socket_, version);
     co_return;
   }
@@ -355,8 +360,7 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
   deadline_.set(config_.timeouts.connect, "connect");
   auto endpoints = co_await resolver.resolve(target.host, target.port);
   if (!endpoints) {
-    failure_ = deadline_.expired() ? timeout_failure("DNS for " + target.host)
-                                              : endpoints.error();
+    failure_ = deadline_.expired() ? timeout_failure("DNS for " + target.host) : endpoints.error();
     co_await send_failure(client_socket_, version);
     co_return;
   }
@@ -367,16 +371,16 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
              (own.address == address || endpoint.address().is_loopback());
     });
     if (is_own) {
-      failure_ = Failure{http::status::forbidden, "loop",
-                                    "refusing to connect to the proxy itself"};
+      failure_ =
+          Failure{http::status::forbidden, "loop", "refusing to connect to the proxy itself"};
       co_await send_failure(client_socket_, version);
       co_return;
     }
   }
   auto connected = co_await connect_any(server, *endpoints, target.host);
   if (!connected) {
-    failure_ = deadline_.expired() ? timeout_failure("connect to " + target.host)
-                                              : connected.error();
+    failure_ =
+        deadline_.expired() ? timeout_failure("connect to " + target.host) : connected.error();
     co_await send_failure(client_socket_, version);
     co_return;
   }
@@ -414,8 +418,11 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
   if (!hello) {
     if (hello.error() == ClientHelloError::not_tls) {
       // Not TLS (plain HTTP or another protocol through CONNECT): nothing to peek at.
-      log::info("connection").kv("conn", id_).kv("host", target.host).kv("verdict", "splice").kv(
-          "tls", false);
+      log::info("connection")
+          .kv("conn", id_)
+          .kv("host", target.host)
+          .kv("verdict", "splice")
+          .kv("tls", false);
       co_await splice(server, hello_bytes);
     } else {
       log::warn("bad-client-hello")
@@ -491,13 +498,16 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
   certs::X509Ptr origin_certificate;
   std::string alpn_choice;
   if (sec) {
-    server_failure = deadline_.expired()
-                         ? timeout_failure("TLS handshake with " + name)
-                         : Failure{http::status::bad_gateway, "upstream-tls",
-                                   name + ": " + describe_server_tls_failure(server.native_handle(), sec)};
+    server_failure =
+        deadline_.expired()
+            ? timeout_failure("TLS handshake with " + name)
+            : Failure{http::status::bad_gateway, "upstream-tls",
+                      name + ": " + describe_server_tls_failure(server.native_handle(), sec)};
     deadline_.rearm();
-    log::warn("server-tls-failed").kv("conn", id_).kv("host", name).kv("reason",
-                                                                        server_failure->reason);
+    log::warn("server-tls-failed")
+        .kv("conn", id_)
+        .kv("host", name)
+        .kv("reason", server_failure->reason);
     if (std::ranges::find(hello.alpn, "http/1.1") != hello.alpn.end()) alpn_choice = "http/1.1";
   } else {
     origin_certificate.reset(SSL_get1_peer_certificate(server.native_handle()));
@@ -516,8 +526,8 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
   client_lowest_ = &client.next_layer();
   std::vector<X509*> chain;
   for (const auto& cert : runtime_.ca.chain_to_send()) chain.push_back(cert.get());
-  if (!prepare_client_side_tls(client.native_handle(), (*leaf)->certificate(), runtime_.minter.leaf_key(),
-                               chain, &alpn_choice)) {
+  if (!prepare_client_side_tls(client.native_handle(), (*leaf)->certificate(),
+                               runtime_.minter.leaf_key(), chain, &alpn_choice)) {
     log::error("client-tls-setup-failed").kv("conn", id_).kv("host", name);
     co_return;
   }
@@ -566,12 +576,12 @@ awaitable<void> ClientSession::serve_intercepted(ClientStream& client, ServerStr
     if (!target.starts_with('/') && target != "*") {
       auto url = boost::urls::parse_absolute_uri(target);
       if (!url) {
-        failure_ = Failure{http::status::bad_request, "bad-request",
-                                      "bad request target"};
+        failure_ = Failure{http::status::bad_request, "bad-request", "bad request target"};
         co_await send_failure(client, request.version());
         co_return;
       }
-      std::string origin_form = url->encoded_path().empty() ? "/" : std::string(url->encoded_path());
+      std::string origin_form =
+          url->encoded_path().empty() ? "/" : std::string(url->encoded_path());
       if (url->has_query()) origin_form += "?" + std::string(url->encoded_query());
       request.target(origin_form);
     }
@@ -625,20 +635,21 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   std::optional<ResponseParser> response_parser;
 
   auto send_request_body = [&]() -> awaitable<BodyResult> {
-    auto result = co_await relay_body(client, client_buffer, request_parser, server,
-                                      request_serializer, chunk, deadline_,
-                                      config_.timeouts.io_stall, request_bytes);
+    auto result =
+        co_await relay_body(client, client_buffer, request_parser, server, request_serializer,
+                            chunk, deadline_, config_.timeouts.io_stall, request_bytes);
     deadline_.set(config_.timeouts.response_header, "response-header");
     co_return result;
   };
   auto read_response_head = [&]() -> awaitable<std::optional<Failure>> {
     for (int interim = 0;; ++interim) {
       response_parser.emplace();
-      response_parser->header_limit(static_cast<std::uint32_t>(config_.limits.response_header_bytes));
+      response_parser->header_limit(
+          static_cast<std::uint32_t>(config_.limits.response_header_bytes));
       response_parser->body_limit(boost::none);
       if (is_head) response_parser->skip(true);
-      auto [ec, n] = co_await http::async_read_header(server, server_buffer, *response_parser,
-                                                      use_nothrow);
+      auto [ec, n] =
+          co_await http::async_read_header(server, server_buffer, *response_parser, use_nothrow);
       if (ec) {
         if (deadline_.expired()) co_return timeout_failure("the response from the server");
         if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
@@ -685,8 +696,7 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   } else {
     // The body goes up while we wait for the response head: an origin may answer early
     // (100 Continue, or an error before reading the body).
-    std::tie(request_result, head_failure) =
-        co_await (send_request_body() && read_response_head());
+    std::tie(request_result, head_failure) = co_await (send_request_body() && read_response_head());
   }
   if (request_result.outcome == BodyOutcome::read_failed) {
     // The client stopped sending its body: nobody is left to answer.
@@ -728,12 +738,12 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   if (wec) {
     response_result = BodyResult{BodyOutcome::write_failed, wec};
   } else {
-    response_result = co_await relay_body(server, server_buffer, *response_parser, client,
-                                          response_serializer, chunk, deadline_,
-                                          config_.timeouts.io_stall, response_bytes);
+    response_result =
+        co_await relay_body(server, server_buffer, *response_parser, client, response_serializer,
+                            chunk, deadline_, config_.timeouts.io_stall, response_bytes);
   }
-  const auto elapsed = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() -
-                                                                started);
+  const auto elapsed =
+      std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - started);
   auto line = log::info("request");
   line.kv("conn", id_)
       .kv("method", method)
@@ -745,8 +755,9 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
       .kv("ms", elapsed.count());
   if (response_result.outcome != BodyOutcome::done) {
     line.kv("error", response_result.outcome == BodyOutcome::read_failed ? "server-body-failed"
-                                                                           : "client-body-failed")
-        .kv("reason", deadline_.expired() ? std::string("stalled") : response_result.error.message());
+                                                                         : "client-body-failed")
+        .kv("reason",
+            deadline_.expired() ? std::string("stalled") : response_result.error.message());
     co_return ExchangeResult{false, false};
   }
   co_return ExchangeResult{client_keep_alive, server_reusable};

@@ -56,12 +56,9 @@ class ClientSession {
   awaitable<bool> read_request_head(ClientStream& client, beast::flat_buffer& buffer,
                                     RequestParser& parser, bool first);
   template <class ClientStream, class ServerStream>
-  awaitable<std::expected<ExchangeResult, Failure>> exchange(ClientStream& client,
-                                                              beast::flat_buffer& client_buffer,
-                                                              RequestParser& request,
-                                                              ServerStream& server,
-                                                              beast::flat_buffer& server_buffer,
-                                                              bool& response_started);
+  awaitable<std::expected<ExchangeResult, Failure>> exchange(
+      ClientStream& client, beast::flat_buffer& client_buffer, RequestParser& request,
+      ServerStream& server, beast::flat_buffer& server_buffer, bool& response_started);
   template <class ClientStream>
   awaitable<void> send_failure(ClientStream& client, unsigned version);  // sends failure_
   template <class ClientStream, class ServerStream>
@@ -84,7 +81,7 @@ class ClientSession {
   bool closing_ = false;
   tcp::socket* client_lowest_ = nullptr;  // whatever layer currently owns the client socket
   tcp::socket* server_lowest_ = nullptr;
-  std::unique_ptr<char[]> chunk_;         // relay buffer, one per connection
+  std::unique_ptr<char[]> chunk_;  // relay buffer, one per connection
   std::list<ClientSession*>::iterator registry_entry_;
 };
 

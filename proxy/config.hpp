@@ -17,10 +17,10 @@
 namespace tokgate::proxy {
 
 // A curl-style --resolve override: HOST:PORT:ADDR[,ADDR...]. HOST may be "*" or "*.suffix"
-// (any name at or below suffix, label boundary), PORT may be "*".
+// (any name strictly below suffix, on a label boundary), PORT may be "*".
 struct ResolveOverride {
-  std::string host_pattern;     // lower-case, no trailing dot; "*", "*.example.com" or exact
-  std::optional<uint16_t> port; // nullopt = any port
+  std::string host_pattern;      // lower-case, no trailing dot; "*", "*.example.com" or exact
+  std::optional<uint16_t> port;  // nullopt = any port
   std::vector<IpAddress> addresses;
 
   bool matches(std::string_view host, uint16_t port) const;
@@ -36,14 +36,14 @@ struct PortRange {
 };
 
 struct Timeouts {
-  std::chrono::milliseconds client_hello{10'000};      // CONNECT accepted -> full ClientHello
-  std::chrono::milliseconds tls_handshake{10'000};     // each side
-  std::chrono::milliseconds request_header{30'000};    // first byte -> end of request head
-  std::chrono::milliseconds idle{300'000};             // keep-alive wait for the next request
-  std::chrono::milliseconds connect{10'000};           // resolve + TCP connect to the server side
-  std::chrono::milliseconds response_header{60'000};   // request sent -> response head
-  std::chrono::milliseconds io_stall{120'000};         // no progress on a body or tunnel
-  std::chrono::milliseconds drain{30'000};             // SIGTERM: wait for in-flight requests
+  std::chrono::milliseconds client_hello{10'000};     // CONNECT accepted -> full ClientHello
+  std::chrono::milliseconds tls_handshake{10'000};    // each side
+  std::chrono::milliseconds request_header{30'000};   // first byte -> end of request head
+  std::chrono::milliseconds idle{300'000};            // keep-alive wait for the next request
+  std::chrono::milliseconds connect{10'000};          // resolve + TCP connect to the server side
+  std::chrono::milliseconds response_header{60'000};  // request sent -> response head
+  std::chrono::milliseconds io_stall{120'000};        // no progress on a body or tunnel
+  std::chrono::milliseconds drain{30'000};            // SIGTERM: wait for in-flight requests
 };
 
 struct Limits {
@@ -66,8 +66,8 @@ struct Config {
   std::vector<PortRange> connect_ports{{443, 443}};
 
   // [ca]
-  std::filesystem::path ca_dir;    // empty = default_ca_dir()
-  std::filesystem::path ca_cert;   // with ca_key: bring-your-own CA (overrides ca_dir)
+  std::filesystem::path ca_dir;   // empty = default_ca_dir()
+  std::filesystem::path ca_cert;  // with ca_key: bring-your-own CA (overrides ca_dir)
   std::filesystem::path ca_key;
 
   // [upstream]
@@ -86,11 +86,12 @@ struct Config {
 // "$XDG_DATA_HOME/tokgate/ca", else "$HOME/.local/share/tokgate/ca", else "/var/lib/tokgate/ca".
 std::filesystem::path default_ca_dir();
 
-// The default configuration shipped inside the binary (text of config/default.toml).
+// The default configuration shipped inside the binary (text of proxy/default_config.toml).
 std::string_view embedded_default_config();
 
 // Parses TOML text. Errors read "NAME:LINE:COL: what is wrong", one per line, every error found.
-std::expected<Config, std::string> parse_config(std::string_view toml_text, std::string_view source_name);
+std::expected<Config, std::string> parse_config(std::string_view toml_text,
+                                                std::string_view source_name);
 std::expected<Config, std::string> load_config_file(const std::filesystem::path& path);
 
 }  // namespace tokgate::proxy

@@ -9,15 +9,16 @@ namespace tokgate::proxy {
 void strip_hop_by_hop(http::fields& fields) {
   // Fields named by Connection are hop-by-hop too; collect first, erasing invalidates the view.
   std::vector<std::string> named;
-  for (auto it = fields.find(http::field::connection); it != fields.end() &&
-                                                       it->name() == http::field::connection;
-       ++it) {
+  for (auto it = fields.find(http::field::connection);
+       it != fields.end() && it->name() == http::field::connection; ++it) {
     std::string_view value = it->value();
     while (!value.empty()) {
       auto comma = value.find(',');
       auto token = value.substr(0, comma);
-      while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
-      while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
+      while (!token.empty() && (token.front() == ' ' || token.front() == '\t'))
+        token.remove_prefix(1);
+      while (!token.empty() && (token.back() == ' ' || token.back() == '\t'))
+        token.remove_suffix(1);
       if (!token.empty() && named.size() < 32) named.emplace_back(token);
       if (comma == std::string_view::npos) break;
       value.remove_prefix(comma + 1);
@@ -32,10 +33,14 @@ void strip_hop_by_hop(http::fields& fields) {
     fields.erase(name);
   }
   static constexpr std::array kHopByHop = {
-      http::field::connection,          http::field::keep_alive,
-      http::field::proxy_connection,    http::field::proxy_authorization,
-      http::field::proxy_authenticate,  http::field::te,
-      http::field::trailer,             http::field::upgrade,
+      http::field::connection,
+      http::field::keep_alive,
+      http::field::proxy_connection,
+      http::field::proxy_authorization,
+      http::field::proxy_authenticate,
+      http::field::te,
+      http::field::trailer,
+      http::field::upgrade,
   };
   for (auto field : kHopByHop) fields.erase(field);
 }

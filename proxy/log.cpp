@@ -13,10 +13,14 @@ std::atomic<Level> min_level{Level::info};
 
 constexpr std::string_view level_name(Level level) {
   switch (level) {
-    case Level::debug: return "debug";
-    case Level::info: return "info";
-    case Level::warn: return "warn";
-    case Level::error: return "error";
+    case Level::debug:
+      return "debug";
+    case Level::info:
+      return "info";
+    case Level::warn:
+      return "warn";
+    case Level::error:
+      return "error";
   }
   return "info";
 }
@@ -24,7 +28,8 @@ constexpr std::string_view level_name(Level level) {
 void append_timestamp(std::string& out) {
   auto now = std::chrono::system_clock::now();
   auto seconds = std::chrono::system_clock::to_time_t(now);
-  auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()) % 1000;
+  auto millis =
+      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()) % 1000;
   std::tm utc{};
   gmtime_r(&seconds, &utc);
   char buf[32];
@@ -51,11 +56,21 @@ void append_escaped(std::string& out, std::string_view value) {
   out.push_back('"');
   for (unsigned char c : value) {
     switch (c) {
-      case '"': out.append("\\\""); break;
-      case '\\': out.append("\\\\"); break;
-      case '\n': out.append("\\n"); break;
-      case '\r': out.append("\\r"); break;
-      case '\t': out.append("\\t"); break;
+      case '"':
+        out.append("\\\"");
+        break;
+      case '\\':
+        out.append("\\\\");
+        break;
+      case '\n':
+        out.append("\\n");
+        break;
+      case '\r':
+        out.append("\\r");
+        break;
+      case '\t':
+        out.append("\\t");
+        break;
       default:
         if (c < 0x20 || c == 0x7f) {
           char hex[8];
@@ -71,7 +86,9 @@ void append_escaped(std::string& out, std::string_view value) {
 
 }  // namespace
 
-void set_min_level(Level level) { min_level.store(level, std::memory_order_relaxed); }
+void set_min_level(Level level) {
+  min_level.store(level, std::memory_order_relaxed);
+}
 
 bool enabled(Level level) {
   return static_cast<int>(level) >= static_cast<int>(min_level.load(std::memory_order_relaxed));

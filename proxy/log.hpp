@@ -24,12 +24,13 @@ class Line {
   Line& operator=(const Line&) = delete;
 
   Line& kv(std::string_view key, std::string_view value);
-  Line& kv(std::string_view key, const std::string& value) { return kv(key, std::string_view(value)); }
+  Line& kv(std::string_view key, const std::string& value) {
+    return kv(key, std::string_view(value));
+  }
   Line& kv(std::string_view key, const char* value) { return kv(key, std::string_view(value)); }
   Line& kv(std::string_view key, bool value) { return kv(key, value ? "true" : "false"); }
   template <class Integer>
-    requires std::is_integral_v<Integer>
-  Line& kv(std::string_view key, Integer value) {
+  requires std::is_integral_v<Integer> Line& kv(std::string_view key, Integer value) {
     return kv_raw(key, std::to_string(value));
   }
 
@@ -39,9 +40,17 @@ class Line {
   std::string text_;
 };
 
-inline Line debug(std::string_view event) { return Line(Level::debug, event); }
-inline Line info(std::string_view event) { return Line(Level::info, event); }
-inline Line warn(std::string_view event) { return Line(Level::warn, event); }
-inline Line error(std::string_view event) { return Line(Level::error, event); }
+inline Line debug(std::string_view event) {
+  return Line(Level::debug, event);
+}
+inline Line info(std::string_view event) {
+  return Line(Level::info, event);
+}
+inline Line warn(std::string_view event) {
+  return Line(Level::warn, event);
+}
+inline Line error(std::string_view event) {
+  return Line(Level::error, event);
+}
 
 }  // namespace tokgate::proxy::log

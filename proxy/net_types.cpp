@@ -28,15 +28,21 @@ IpAddress IpAddress::loopback_v6() {
 }
 
 std::optional<IpAddress> IpAddress::parse(std::string_view text) {
+  bool bracketed = false;
   if (text.size() >= 2 && text.front() == '[' && text.back() == ']') {
     text = text.substr(1, text.size() - 2);
+    bracketed = true;
   }
-  if (text.empty() || text.size() >= INET6_ADDRSTRLEN) return std::nullopt;
+  // inet_pton stops at a NUL: "1.2.3.4\0junk" must not pass as 1.2.3.4.
+  if (text.empty() || text.size() >= INET6_ADDRSTRLEN ||
+      text.find('\0') != std::string_view::npos) {
+    return std::nullopt;
+  }
   char buf[INET6_ADDRSTRLEN];
   std::memcpy(buf, text.data(), text.size());
   buf[text.size()] = '\0';
   std::array<uint8_t, 16> bytes{};
-  if (inet_pton(AF_INET, buf, bytes.data()) == 1) {
+  if (!bracketed && inet_pton(AF_INET, buf, bytes.data()) == 1) {
     return v4({bytes[0], bytes[1], bytes[2], bytes[3]});
   }
   if (inet_pton(AF_INET6, buf, bytes.data()) == 1) return v6(bytes);
@@ -110,6 +116,8 @@ bool Cidr::contains(const IpAddress& raw) const {
   return (a[full] & mask) == (n[full] & mask);
 }
 
-std::string Cidr::to_string() const { return network_.to_string() + "/" + std::to_string(prefix_); }
+std::string Cidr::to_string() const {
+  return network_.to_string() + "/" + std::to_string(prefix_);
+}
 
 }  // namespace tokgate::proxy

@@ -17,8 +17,8 @@ tcp::endpoint to_endpoint(const IpAddress& address, uint16_t port) {
 }
 }  // namespace
 
-awaitable<std::expected<std::vector<tcp::endpoint>, Failure>> Resolver::resolve(const std::string& host,
-                                                                                  uint16_t port) {
+awaitable<std::expected<std::vector<tcp::endpoint>, Failure>> Resolver::resolve(
+    const std::string& host, uint16_t port) {
   std::vector<tcp::endpoint> endpoints;
   if (auto literal = IpAddress::parse(host)) {
     endpoints.push_back(to_endpoint(*literal, port));
@@ -29,8 +29,8 @@ awaitable<std::expected<std::vector<tcp::endpoint>, Failure>> Resolver::resolve(
     for (const auto& address : rule.addresses) endpoints.push_back(to_endpoint(address, port));
     co_return endpoints;
   }
-  auto [ec, results] = co_await resolver_.async_resolve(host, std::to_string(port),
-                                                        tcp::resolver::numeric_service, use_nothrow);
+  auto [ec, results] = co_await resolver_.async_resolve(
+      host, std::to_string(port), tcp::resolver::numeric_service, use_nothrow);
   if (ec) {
     co_return std::unexpected(Failure{http::status::bad_gateway, "upstream-dns",
                                       "cannot resolve " + host + ": " + ec.message()});
@@ -43,9 +43,8 @@ awaitable<std::expected<std::vector<tcp::endpoint>, Failure>> Resolver::resolve(
   co_return endpoints;
 }
 
-awaitable<std::expected<tcp::endpoint, Failure>> connect_any(tcp::socket& socket,
-                                                            const std::vector<tcp::endpoint>& endpoints,
-                                                            const std::string& host) {
+awaitable<std::expected<tcp::endpoint, Failure>> connect_any(
+    tcp::socket& socket, const std::vector<tcp::endpoint>& endpoints, const std::string& host) {
   error_code last;
   for (const auto& endpoint : endpoints) {
     if (socket.is_open()) socket.close(last);

@@ -19,7 +19,7 @@ class Resolver {
       : resolver_(executor), overrides_(overrides) {}
 
   awaitable<std::expected<std::vector<tcp::endpoint>, Failure>> resolve(const std::string& host,
-                                                                          uint16_t port);
+                                                                        uint16_t port);
   void cancel() { resolver_.cancel(); }
 
  private:
@@ -28,8 +28,7 @@ class Resolver {
 };
 
 // Connects to the first endpoint that accepts, in order. The caller's deadline bounds the wait.
-awaitable<std::expected<tcp::endpoint, Failure>> connect_any(tcp::socket& socket,
-                                                            const std::vector<tcp::endpoint>& endpoints,
-                                                            const std::string& host);
+awaitable<std::expected<tcp::endpoint, Failure>> connect_any(
+    tcp::socket& socket, const std::vector<tcp::endpoint>& endpoints, const std::string& host);
 
 }  // namespace tokgate::proxy

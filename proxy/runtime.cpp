@@ -4,9 +4,12 @@ namespace tokgate::proxy {
 
 std::string_view to_string(ConnectionVerdict verdict) {
   switch (verdict) {
-    case ConnectionVerdict::splice: return "splice";
-    case ConnectionVerdict::refuse: return "refuse";
-    case ConnectionVerdict::intercept: return "intercept";
+    case ConnectionVerdict::splice:
+      return "splice";
+    case ConnectionVerdict::refuse:
+      return "refuse";
+    case ConnectionVerdict::intercept:
+      return "intercept";
   }
   return "splice";
 }

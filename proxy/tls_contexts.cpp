@@ -72,15 +72,15 @@ TlsContexts::TlsContexts(const Config& config)
   SSL_CTX* ss = server_side_.native_handle();
   check(SSL_CTX_set_min_proto_version(ss, TLS1_2_VERSION), "server side TLS version");
   check(SSL_CTX_set_cipher_list(ss, kServerSideCiphers12), "server side ciphers");
-  SSL_CTX_set_options(ss, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                              SSL_OP_IGNORE_UNEXPECTED_EOF);
+  SSL_CTX_set_options(
+      ss, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
   SSL_CTX_set_mode(ss, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_verify(ss, SSL_VERIFY_PEER, nullptr);
   if (config.system_trust) check(SSL_CTX_set_default_verify_paths(ss), "system trust store");
   for (const auto& file : config.extra_ca_files) {
     if (SSL_CTX_load_verify_locations(ss, file.c_str(), nullptr) != 1) {
-      throw std::runtime_error(file.string() + ": cannot load trusted CA file: " +
-                               openssl_error_text());
+      throw std::runtime_error(file.string() +
+                               ": cannot load trusted CA file: " + openssl_error_text());
     }
   }
 }
@@ -107,8 +107,8 @@ void prepare_server_side_tls(SSL* ssl, const std::string& verify_name,
   }
 }
 
-bool prepare_client_side_tls(SSL* ssl, X509* leaf, EVP_PKEY* leaf_key,
-                             std::span<X509* const> chain, const std::string* alpn_choice) {
+bool prepare_client_side_tls(SSL* ssl, X509* leaf, EVP_PKEY* leaf_key, std::span<X509* const> chain,
+                             const std::string* alpn_choice) {
   if (SSL_use_certificate(ssl, leaf) != 1 || SSL_use_PrivateKey(ssl, leaf_key) != 1) return false;
   for (X509* cert : chain) {
     if (SSL_add1_chain_cert(ssl, cert) != 1) return false;
@@ -149,7 +149,8 @@ certs::LeafRequest leaf_request_for(const std::string& requested_name, X509* ori
       int len = ASN1_STRING_length(octets);
       const unsigned char* data = ASN1_STRING_get0_data(octets);
       if (len == 4) {
-        request.ip_addresses.push_back(IpAddress::v4({data[0], data[1], data[2], data[3]}).to_string());
+        request.ip_addresses.push_back(
+            IpAddress::v4({data[0], data[1], data[2], data[3]}).to_string());
       } else if (len == 16) {
         std::copy_n(data, 16, bytes.begin());
         request.ip_addresses.push_back(IpAddress::v6(bytes).to_string());

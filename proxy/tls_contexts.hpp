@@ -35,8 +35,8 @@ void prepare_server_side_tls(SSL* ssl, const std::string& verify_name,
 
 // Client side of one connection: our minted leaf, the chain to send, and the ALPN protocol the
 // server side negotiated (selected only if the client offered it; empty = none).
-bool prepare_client_side_tls(SSL* ssl, X509* leaf, EVP_PKEY* leaf_key,
-                             std::span<X509* const> chain, const std::string* alpn_choice);
+bool prepare_client_side_tls(SSL* ssl, X509* leaf, EVP_PKEY* leaf_key, std::span<X509* const> chain,
+                             const std::string* alpn_choice);
 
 // Why the server side's handshake failed, in words a client can act on.
 std::string describe_server_tls_failure(SSL* ssl, const error_code& ec);

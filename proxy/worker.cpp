@@ -64,7 +64,9 @@ void Worker::begin_drain() {
   });
 }
 
-void Worker::stop() { io_->stop(); }
+void Worker::stop() {
+  io_->stop();
+}
 
 void Worker::join() {
   if (thread_.joinable()) thread_.join();
@@ -96,8 +98,9 @@ awaitable<void> Worker::accept_loop(tcp::acceptor& acceptor) {
     }
     if (runtime_.open_connections.load(std::memory_order_relaxed) >=
         runtime_.config.limits.max_connections) {
-      log::warn("connection-limit").kv("worker", index_).kv("limit",
-                                                             runtime_.config.limits.max_connections);
+      log::warn("connection-limit")
+          .kv("worker", index_)
+          .kv("limit", runtime_.config.limits.max_connections);
       error_code ignored;
       socket.close(ignored);
       continue;

@@ -41,7 +41,9 @@ AdminServer::AdminServer(asio::io_context& io, const tcp::endpoint& endpoint, Ad
   acceptor_.listen();
 }
 
-void AdminServer::start() { asio::co_spawn(io_, accept_loop(), asio::detached); }
+void AdminServer::start() {
+  asio::co_spawn(io_, accept_loop(), asio::detached);
+}
 
 void AdminServer::stop() {
   boost::system::error_code ignored;
@@ -87,28 +89,28 @@ proxy::awaitable<void> AdminServer::serve(tcp::socket socket) {
     } else if (target == "/healthz" || target == "/readyz") {
       response = make_response(http::status::ok, "text/plain; charset=utf-8", "ok\n", version);
     } else if (target == "/status") {
-      response = make_response(http::status::ok, "application/json", content_.status_json(),
-                               version);
+      response =
+          make_response(http::status::ok, "application/json", content_.status_json(), version);
     } else if (target == "/ca.pem") {
-      response = make_response(http::status::ok, "application/x-pem-file", content_.ca_pem,
-                               version);
+      response =
+          make_response(http::status::ok, "application/x-pem-file", content_.ca_pem, version);
       response.set(http::field::content_disposition, "attachment; filename=\"tokgate-ca.pem\"");
     } else if (target == "/ca.der" || target == "/ca.crt") {
-      response = make_response(http::status::ok, "application/x-x509-ca-cert",
-                               std::string(content_.ca_der.begin(), content_.ca_der.end()),
-                               version);
+      response =
+          make_response(http::status::ok, "application/x-x509-ca-cert",
+                        std::string(content_.ca_der.begin(), content_.ca_der.end()), version);
       response.set(http::field::content_disposition, "attachment; filename=\"tokgate-ca.crt\"");
     } else if (target == "/") {
       response = make_response(
           http::status::ok, "text/plain; charset=utf-8",
-          "tokgate " + content_.version + "\n\nCA fingerprint (SHA-256): " +
-              content_.ca_fingerprint +
+          "tokgate " + content_.version +
+              "\n\nCA fingerprint (SHA-256): " + content_.ca_fingerprint +
               "\n\n/healthz   health\n/status    status (JSON)\n/ca.pem    CA certificate (PEM)\n"
               "/ca.crt    CA certificate (DER)\n",
           version);
     } else {
-      response = make_response(http::status::not_found, "text/plain; charset=utf-8",
-                               "not found\n", version);
+      response = make_response(http::status::not_found, "text/plain; charset=utf-8", "not found\n",
+                               version);
     }
     response.keep_alive(request.keep_alive());
     if (request.method() == http::verb::head) {

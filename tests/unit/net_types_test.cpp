@@ -72,9 +72,15 @@ TEST(IpAddress, RefusesBadInput) {
 
 // IpAddress::parse copies into a C string for inet_pton, so text after an embedded NUL is never
 // looked at: "1.2.3.4\0junk" is accepted as 1.2.3.4. Enable once net_types.cpp refuses NULs.
-TEST(IpAddress, DISABLED_RefusesEmbeddedNul) {
+TEST(IpAddress, RefusesEmbeddedNul) {
   EXPECT_FALSE(IpAddress::parse(std::string_view("1.2.3.4\0junk", 12)));
   EXPECT_FALSE(Endpoint::parse(std::string_view("1.2.3.4\0x:80", 12)));
+}
+
+TEST(IpAddress, RefusesBracketedIpv4) {
+  EXPECT_FALSE(IpAddress::parse("[1.2.3.4]"));
+  EXPECT_FALSE(Endpoint::parse("[1.2.3.4]:80"));
+  EXPECT_TRUE(IpAddress::parse("[::1]"));
 }
 
 TEST(IpAddress, OrdersV4BeforeV6AndByBytes) {
