@@ -189,14 +189,15 @@ std::optional<Failure> ClientSession::check_request(const RequestParser& parser)
 }
 
 template <class ClientStream>
-awaitable<void> ClientSession::send_failure(ClientStream& client, unsigned version) {
+awaitable<void> ClientSession::send_failure(ClientStream& client, unsigned version,
+                                            bool keep_alive) {
   const Failure& failure = failure_;
   log::warn("request-failed")
       .kv("conn", id_)
       .kv("status", static_cast<unsigned>(failure.status))
       .kv("error", failure.code)
       .kv("reason", failure.reason);
-  auto response = failure_response(failure, version >= 10 ? version : 11);
+  auto response = failure_response(failure, version >= 10 ? version : 11, keep_alive);
   deadline_.rearm();
   deadline_.set(kGoodbyeBudget, "send-error");
   co_await http::async_write(client, response, use_nothrow);
@@ -310,8 +311,14 @@ awaitable<void> ClientSession::serve_explicit() {
       if (!connected) {
         failure_ =
             deadline_.expired() ? timeout_failure("connect to " + target.host) : connected.error();
-        co_await send_failure(client_socket_, version);
-        co_return;
+        // Nothing of this request is left unread: the client may go on to its next request.
+        const bool keep_alive =
+            request.keep_alive() && parser.is_done() && !closing_ && !worker_.draining();
+        co_await send_failure(client_socket_, version, keep_alive);
+        server.reset();
+        server_lowest_ = nullptr;
+        if (!keep_alive) co_return;
+        continue;
       }
       server_buffer.clear();
     }

@@ -60,7 +60,8 @@ class ClientSession {
       ClientStream& client, beast::flat_buffer& client_buffer, RequestParser& request,
       ServerStream& server, beast::flat_buffer& server_buffer, bool& response_started);
   template <class ClientStream>
-  awaitable<void> send_failure(ClientStream& client, unsigned version);  // sends failure_
+  awaitable<void> send_failure(ClientStream& client, unsigned version,
+                               bool keep_alive = false);  // sends failure_
   template <class ClientStream, class ServerStream>
   awaitable<void> serve_intercepted(ClientStream& client, ServerStream& server,
                                     const std::optional<Failure>& server_failure);

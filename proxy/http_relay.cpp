@@ -45,7 +45,8 @@ void strip_hop_by_hop(http::fields& fields) {
   for (auto field : kHopByHop) fields.erase(field);
 }
 
-http::response<http::string_body> failure_response(const Failure& failure, unsigned version) {
+http::response<http::string_body> failure_response(const Failure& failure, unsigned version,
+                                                   bool keep_alive) {
   http::response<http::string_body> response{failure.status, version};
   response.set(http::field::content_type, "text/plain; charset=utf-8");
   response.set(http::field::cache_control, "no-store");
@@ -56,7 +57,7 @@ http::response<http::string_body> failure_response(const Failure& failure, unsig
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
   }
   response.body() = std::move(line) + "\n";
-  response.keep_alive(false);
+  response.keep_alive(keep_alive);
   response.prepare_payload();
   return response;
 }

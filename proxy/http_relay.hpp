@@ -24,7 +24,8 @@ using ResponseParser = http::response_parser<http::buffer_body>;
 void strip_hop_by_hop(http::fields& fields);
 
 // The proxy's own error response: one line of text and a machine-readable X-Tokgate-Error code.
-http::response<http::string_body> failure_response(const Failure& failure, unsigned version);
+http::response<http::string_body> failure_response(const Failure& failure, unsigned version,
+                                                   bool keep_alive = false);
 
 enum class BodyOutcome { done, read_failed, write_failed };
 struct BodyResult {
