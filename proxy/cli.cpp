@@ -13,6 +13,7 @@
 
 #include "certs/certificate_authority.hpp"
 #include "policy/host_pattern.hpp"
+#include "proxy/cli_policy.hpp"
 #include "proxy/config.hpp"
 #include "proxy/log.hpp"
 #include "proxy/runtime.hpp"
@@ -33,6 +34,11 @@ Usage:
   tokgate ca init [--dir DIR]    create a CA (ECDSA P-256; key file mode 0600)
   tokgate ca show [CA options]   print the CA's subject, SHA-256 fingerprint and validity
   tokgate ca export [CA options] --format pem|der [--out FILE]
+  tokgate policy check FILE      validate a policy file (errors as FILE:LINE:COL: ...)
+  tokgate policy explain --url URL [--ua UA] [--header 'K: V']... [--json] | --batch FILE|-
+                                 category, evidence, rule and action for a request, offline
+  tokgate catalog export --format hosts|dnsmasq|rpz|pac
+                                 the catalog's host names for DNS blocklists and PAC files
   tokgate --help | --version
 
 Run `tokgate run --help` or `tokgate ca --help` for the options of each.
@@ -56,10 +62,16 @@ constexpr std::string_view kRunHelp = R"(Usage: tokgate run [options]
   --allow-client CIDR      clients allowed to use the proxy, repeatable (replaces the list;
                            default loopback only)
   --connect-ports SPEC     ports CONNECT may reach: "443,8443", "1-65535" (default 443)
+  --profile NAME           the shipped policy: gateway (default) or observe
+  --policy FILE            a policy file of your own (see docs/policy.md)
+  --catalog-dir DIR        catalog files overriding or extending the embedded catalog
   --log-level LEVEL        debug | info | warn | error (default info)
 
-Everything not intercepted or refused is spliced: relayed byte for byte, never decrypted.
-Signals: SIGTERM/SIGINT stop accepting, finish in-flight requests, exit.
+The policy decides per connection (splice | refuse | intercept) and per request (allow | log |
+block | refuse | capture); --intercept/--refuse are overrides applied before it. What is not
+intercepted or refused is spliced: relayed byte for byte, never decrypted.
+Signals: SIGHUP reloads the policy and catalog (an invalid one keeps the old); SIGTERM/SIGINT
+stop accepting, finish in-flight requests, exit.
 )";
 
 constexpr std::string_view kCaHelp = R"(Usage:
@@ -313,6 +325,13 @@ int run_proxy(std::span<const std::string_view> args) {
       auto ports = parse_port_spec(value);
       if (!ports) return bad("expected ports or ranges such as 443,8443 or 1-65535");
       config.connect_ports = std::move(*ports);
+    } else if (name == "--profile") {
+      if (value != "gateway" && value != "observe") return bad("expected gateway or observe");
+      config.policy_profile = value;  // a policy file, from the config or --policy, still wins
+    } else if (name == "--policy") {
+      config.policy_file = value;
+    } else if (name == "--catalog-dir") {
+      config.catalog_dir = value;
     } else if (name == "--log-level") {
       if (value == "debug")
         log::set_min_level(log::Level::debug);
@@ -331,6 +350,18 @@ int run_proxy(std::span<const std::string_view> args) {
   if (config.ca_cert.empty() != config.ca_key.empty()) {
     return usage_error("--ca-cert and --ca-key go together");
   }
+
+  auto snapshot = load_policy_snapshot(config, 1);
+  if (!snapshot) {
+    std::cerr << snapshot.error() << "\n";
+    return kUsage;
+  }
+  log::info("policy")
+      .kv("name", (*snapshot)->policy->name())
+      .kv("source", (*snapshot)->policy->source())
+      .kv("rules", static_cast<uint64_t>((*snapshot)->policy->rule_count()))
+      .kv("catalog", (*snapshot)->catalog->version())
+      .kv("catalog_entries", static_cast<uint64_t>((*snapshot)->catalog->entry_count()));
 
   std::expected<certs::CertificateAuthority, std::string> ca = std::unexpected(std::string());
   if (!config.ca_cert.empty()) {
@@ -353,7 +384,7 @@ int run_proxy(std::span<const std::string_view> args) {
       .kv("not_after", format_time(ca->not_after()));
 
   try {
-    Runtime runtime(std::move(config), std::move(*ca));
+    Runtime runtime(std::move(config), std::move(*ca), std::move(*snapshot));
     Server server(runtime);
     server.bind();
     server.bind_admin();
@@ -382,6 +413,8 @@ int run_cli(std::span<const std::string_view> args) {
   }
   if (command == "run") return run_proxy(args.subspan(1));
   if (command == "ca") return run_ca(args.subspan(1));
+  if (command == "policy") return run_policy_command(args.subspan(1));
+  if (command == "catalog") return run_catalog_command(args.subspan(1));
   return usage_error("unknown command '" + std::string(command) + "'");
 }
 

@@ -16,6 +16,7 @@
 #include "proxy/runtime.hpp"
 #include "proxy/tls_contexts.hpp"
 #include "proxy/worker.hpp"
+#include "web-ui/block_page.hpp"
 
 namespace tokgate::proxy {
 
@@ -128,6 +129,7 @@ ClientSession::ClientSession(Worker& worker, tcp::socket socket)
       deadline_(client_socket_.get_executor()) {
   error_code ec;
   client_endpoint_ = client_socket_.remote_endpoint(ec);
+  client_ip_ = to_ip_address(client_endpoint_.address());
   client_socket_.set_option(tcp::no_delay(true), ec);
   client_lowest_ = &client_socket_;
   registry_entry_ = worker_.add_session(this);
@@ -165,7 +167,7 @@ Failure ClientSession::timeout_failure(std::string_view what) const {
 }
 
 awaitable<void> ClientSession::flow() {
-  IpAddress client_ip = to_ip_address(client_endpoint_.address());
+  const IpAddress& client_ip = client_ip_;
   bool allowed = std::ranges::any_of(config_.allowed_clients,
                                      [&](const Cidr& cidr) { return cidr.contains(client_ip); });
   if (!allowed) {
@@ -240,6 +242,96 @@ awaitable<bool> ClientSession::read_request_head(ClientStream& client, beast::fl
   co_return false;
 }
 
+namespace {
+// The name part of a Host header ("example.com:8080", "[::1]:80"), normalized.
+std::optional<std::string> host_of(std::string_view host_header) {
+  if (host_header.starts_with('[')) {
+    auto close = host_header.find(']');
+    if (close == std::string_view::npos) return std::nullopt;
+    return normalized(host_header.substr(0, close + 1));
+  }
+  if (auto colon = host_header.rfind(':'); colon != std::string_view::npos) {
+    host_header = host_header.substr(0, colon);
+  }
+  return normalized(host_header);
+}
+}  // namespace
+
+template <class ClientStream>
+awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(
+    ClientStream& client, RequestParser& parser, const std::string& host, uint16_t port) {
+  snapshot_ = runtime_.policy.current();
+  auto& request = parser.get();
+  header_views_.clear();
+  for (const auto& field : request) {
+    if (header_views_.size() >= 256) break;  // the parser's header limit bounds this anyway
+    header_views_.push_back({field.name_string(), field.value()});
+  }
+  // Classify by the Host the origin will act on (it may differ from the SNI: domain fronting);
+  // without one, by the name we connected to.
+  std::optional<std::string> host_header = host_of(request[http::field::host]);
+  std::string_view target = request.target();
+  auto question = target.find('?');
+  policy::RequestFacts facts;
+  facts.host = host_header ? std::string_view(*host_header) : std::string_view(host);
+  facts.port = port;
+  facts.method = request.method_string();
+  facts.path = target.substr(0, question);
+  facts.query = question == std::string_view::npos ? std::string_view{} : target.substr(question + 1);
+  facts.user_agent = request[http::field::user_agent];
+  facts.headers = header_views_;
+  facts.client = client_ip_;
+  policy::Classification classification = snapshot_->catalog->classify(facts);
+  policy::RequestDecision decision = snapshot_->policy->decide_request(facts, classification);
+  label_.category = classification.category;
+  label_.action = decision.action;
+  label_.rule = decision.rule;
+  label_.host.assign(facts.host);
+
+  if (decision.action == policy::Action::block) {
+    const auto& policy = *snapshot_->policy;
+    webui::BlockInfo info{policy.organisation(), decision.message,
+                          policy::to_string(classification.category), decision.rule, facts.host,
+                          policy.name()};
+    auto page = webui::render_block_page(info, request[http::field::accept]);
+    http::response<http::string_body> response{http::status::unavailable_for_legal_reasons,
+                                                request.version()};
+    response.set(http::field::content_type, page.content_type);
+    response.set(http::field::cache_control, "no-store");
+    response.set("X-Tokgate-Category", policy::to_string(classification.category));
+    if (!decision.rule.empty()) response.set("X-Tokgate-Rule", decision.rule);
+    response.body() = std::move(page.body);
+    // Nothing of a body-less request is left unread: the connection can go on.
+    const bool keep_alive = request.keep_alive() && parser.is_done() && !closing_;
+    response.keep_alive(keep_alive);
+    response.prepare_payload();
+    log::info("request")
+        .kv("conn", id_)
+        .kv("method", facts.method)
+        .kv("host", facts.host)
+        .kv("path", facts.path)
+        .kv("status", 451)
+        .kv("category", policy::to_string(classification.category))
+        .kv("action", "block")
+        .kv("rule", decision.rule);
+    deadline_.set(config_.timeouts.io_stall, "send-block-page");
+    auto [ec, n] = co_await http::async_write(client, response, use_nothrow);
+    co_return ec || !keep_alive ? PolicyOutcome::close : PolicyOutcome::answered;
+  }
+  if (decision.action == policy::Action::refuse) {
+    log::info("request")
+        .kv("conn", id_)
+        .kv("method", facts.method)
+        .kv("host", facts.host)
+        .kv("path", facts.path)
+        .kv("category", policy::to_string(classification.category))
+        .kv("action", "refuse")
+        .kv("rule", decision.rule);
+    co_return PolicyOutcome::close;
+  }
+  co_return PolicyOutcome::forward;
+}
+
 awaitable<void> ClientSession::serve_explicit() {
   auto executor = client_socket_.get_executor();
   beast::flat_buffer client_buffer(config_.limits.request_header_bytes + 16 * 1024);
@@ -295,6 +387,10 @@ awaitable<void> ClientSession::serve_explicit() {
         http::field::host,
         bracketed(target.host) + (target.port == 80 ? "" : ":" + std::to_string(target.port)));
 
+    auto outcome = co_await apply_request_policy(client_socket_, parser, target.host, target.port);
+    if (outcome == PolicyOutcome::close) co_return;
+    if (outcome == PolicyOutcome::answered) continue;
+
     if (!server || server_target.host != target.host || server_target.port != target.port) {
       server.emplace(executor);
       server_lowest_ = &*server;
@@ -340,28 +436,13 @@ awaitable<void> ClientSession::serve_explicit() {
   }
 }
 
-awaitable<void> ClientSession::serve_connect(const Target& target,
-                                             beast::flat_buffer& client_buffer) {
+// Resolves and connects the server side of a CONNECT; on failure answers the client (502/504,
+// or 403 for a loop back to ourselves) and returns false.
+awaitable<bool> ClientSession::connect_server(tcp::socket& server, const Target& target) {
   auto executor = client_socket_.get_executor();
   const unsigned version = 11;
-  if (!std::ranges::any_of(config_.connect_ports,
-                           [&](const PortRange& r) { return r.contains(target.port); })) {
-    failure_ = Failure{http::status::forbidden, "port-not-allowed",
-                       "CONNECT to port " + std::to_string(target.port) + " is not allowed"};
-    co_await send_failure(client_socket_, version);
-    co_return;
-  }
-  if (runtime_.decide_connection(target.host) == ConnectionVerdict::refuse) {
-    log::info("connection").kv("conn", id_).kv("host", target.host).kv("verdict", "refuse");
-    failure_ = Failure{http::status::forbidden, "refused",
-                       "connections to " + target.host + " are refused by policy"};
-    co_await send_failure(client_socket_, version);
-    co_return;
-  }
-
   // Connect to the server side first: an unreachable origin gets a clear 502/504 on the
   // CONNECT itself instead of a tunnel that dies.
-  tcp::socket server(executor);
   server_lowest_ = &server;
   Resolver resolver(executor, config_.resolve);
   deadline_.set(config_.timeouts.connect, "connect");
@@ -369,7 +450,7 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
   if (!endpoints) {
     failure_ = deadline_.expired() ? timeout_failure("DNS for " + target.host) : endpoints.error();
     co_await send_failure(client_socket_, version);
-    co_return;
+    co_return false;
   }
   for (const auto& endpoint : *endpoints) {
     IpAddress address = to_ip_address(endpoint.address());
@@ -381,7 +462,7 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
       failure_ =
           Failure{http::status::forbidden, "loop", "refusing to connect to the proxy itself"};
       co_await send_failure(client_socket_, version);
-      co_return;
+      co_return false;
     }
   }
   auto connected = co_await connect_any(server, *endpoints, target.host);
@@ -389,8 +470,50 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
     failure_ =
         deadline_.expired() ? timeout_failure("connect to " + target.host) : connected.error();
     co_await send_failure(client_socket_, version);
+    co_return false;
+  }
+  co_return true;
+}
+
+awaitable<void> ClientSession::serve_connect(const Target& target,
+                                             beast::flat_buffer& client_buffer) {
+  auto executor = client_socket_.get_executor();
+  const unsigned version = 11;
+  if (!std::ranges::any_of(config_.connect_ports,
+                           [&](const PortRange& r) { return r.contains(target.port); })) {
+    failure_ = Failure{http::status::forbidden, "port-not-allowed",
+                       "CONNECT to port " + std::to_string(target.port) + " is not allowed"};
+    co_await send_failure(client_socket_, version);
     co_return;
   }
+  // Decide on the CONNECT name first: a refused name costs no connection to the origin.
+  snapshot_ = runtime_.policy.current();
+  policy::RequestFacts facts;
+  facts.host = target.host;
+  facts.port = target.port;
+  facts.client = client_ip_;
+  policy::ConnectionDecision decision = runtime_.decide_connection(*snapshot_, facts);
+  // A pinned host is refused the way pinning clients understand: a TLS alert after their
+  // ClientHello (and without bothering the origin).
+  const bool pinned_refusal =
+      decision.verdict == ConnectionVerdict::refuse && decision.rule == "pinned";
+  if (decision.verdict == ConnectionVerdict::refuse && !pinned_refusal) {
+    log::info("connection")
+        .kv("conn", id_)
+        .kv("client", client_ip_.to_string())
+        .kv("host", target.host)
+        .kv("port", target.port)
+        .kv("category", policy::to_string(decision.category))
+        .kv("rule", decision.rule)
+        .kv("verdict", "refuse");
+    failure_ = Failure{http::status::forbidden, "refused",
+                       "connections to " + target.host + " are refused by policy"};
+    co_await send_failure(client_socket_, version);
+    co_return;
+  }
+
+  tcp::socket server(executor);
+  if (!pinned_refusal && !co_await connect_server(server, target)) co_return;
   static constexpr std::string_view kEstablished = "HTTP/1.1 200 Connection established\r\n\r\n";
   deadline_.set(config_.timeouts.client_hello, "client-hello");
   auto [wec, written] =
@@ -441,16 +564,35 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
   }
 
   std::optional<std::string> sni = hello->sni.empty() ? std::nullopt : normalized(hello->sni);
-  ConnectionVerdict verdict = runtime_.decide_connection(target.host);
+  if (pinned_refusal) {
+    log::info("connection")
+        .kv("conn", id_)
+        .kv("client", client_ip_.to_string())
+        .kv("host", target.host)
+        .kv("port", target.port)
+        .kv("sni", sni.value_or(""))
+        .kv("category", policy::to_string(decision.category))
+        .kv("rule", decision.rule)
+        .kv("verdict", "refuse");
+    co_await refuse_tls(*hello);
+    co_return;
+  }
   // Decide on both names: a client cannot dodge a rule by sending a different SNI.
-  if (sni) verdict = stricter(verdict, runtime_.decide_connection(*sni));
+  if (sni && *sni != target.host) {
+    facts.host = *sni;
+    auto by_sni = runtime_.decide_connection(*snapshot_, facts);
+    if (stricter(by_sni.verdict, decision.verdict) != decision.verdict) decision = by_sni;
+  }
+  const ConnectionVerdict verdict = decision.verdict;
   log::info("connection")
       .kv("conn", id_)
-      .kv("client", client_endpoint_.address().to_string())
+      .kv("client", client_ip_.to_string())
       .kv("host", target.host)
       .kv("port", target.port)
       .kv("sni", sni.value_or(""))
-      .kv("verdict", to_string(verdict));
+      .kv("category", policy::to_string(decision.category))
+      .kv("rule", decision.rule)
+      .kv("verdict", policy::to_string(verdict));
   switch (verdict) {
     case ConnectionVerdict::splice:
       co_await splice(server, hello_bytes);
@@ -543,15 +685,25 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
       asio::ssl::stream_base::server, asio::buffer(client_bytes.data(), client_bytes.size()),
       use_nothrow);
   if (cec) {
-    // An alert right after our Certificate usually means the client pins its certificates.
+    const bool pinned = !deadline_.expired() && is_certificate_rejection(cec);
+    if (pinned) {
+      // The client refused our certificate: it pins (or does not trust our CA). Remember the
+      // host so the next connections get the policy's on_pinned choice at once.
+      runtime_.pinned.remember(name, snapshot_->policy->pinned_memory());
+    }
     log::warn("client-tls-failed")
         .kv("conn", id_)
+        .kv("client", client_ip_.to_string())
         .kv("host", name)
+        .kv("pinned", pinned)
+        .kv("on_pinned", snapshot_->policy->on_pinned() == policy::PinnedAction::refuse
+                             ? "refuse"
+                             : "splice")
         .kv("reason", deadline_.expired() ? std::string("timeout") : cec.message());
     co_return;
   }
   log::info("intercepted").kv("conn", id_).kv("host", name).kv("alpn", alpn_choice);
-  co_await serve_intercepted(client, server, server_failure);
+  co_await serve_intercepted(client, server, server_failure, name, target.port);
 
   // Tell the client we are done (close_notify), within a small budget; the server side is
   // simply closed, as a browser would.
@@ -562,18 +714,14 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
 
 template <class ClientStream, class ServerStream>
 awaitable<void> ClientSession::serve_intercepted(ClientStream& client, ServerStream& server,
-                                                 const std::optional<Failure>& server_failure) {
+                                                 const std::optional<Failure>& server_failure,
+                                                 const std::string& name, uint16_t port) {
   beast::flat_buffer client_buffer(config_.limits.request_header_bytes + 16 * 1024);
   beast::flat_buffer server_buffer(config_.limits.response_header_bytes + 16 * 1024);
   for (bool first = true;; first = false) {
     RequestParser parser;
     if (!co_await read_request_head(client, client_buffer, parser, first)) co_return;
     auto& request = parser.get();
-    if (server_failure) {
-      failure_ = *server_failure;
-      co_await send_failure(client, request.version());
-      co_return;
-    }
     if (auto failure = check_request(parser)) {
       failure_ = *failure;
       co_await send_failure(client, request.version());
@@ -591,6 +739,16 @@ awaitable<void> ClientSession::serve_intercepted(ClientStream& client, ServerStr
           url->encoded_path().empty() ? "/" : std::string(url->encoded_path());
       if (url->has_query()) origin_form += "?" + std::string(url->encoded_query());
       request.target(origin_form);
+    }
+    auto outcome = co_await apply_request_policy(client, parser, name, port);
+    if (outcome == PolicyOutcome::close) co_return;
+    if (outcome == PolicyOutcome::answered) continue;
+    // The origin failed verification: a request the policy lets through gets the 502 that
+    // says why (never a silent bypass).
+    if (server_failure) {
+      failure_ = *server_failure;
+      co_await send_failure(client, request.version());
+      co_return;
     }
     bool response_started = false;
     auto result =
@@ -617,7 +775,6 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   const bool is_head = request.method() == http::verb::head;
   const unsigned client_version = request.version();
   const std::string method(request.method_string());
-  const std::string host(request[http::field::host]);
   std::string path(request.target());
   if (auto q = path.find('?'); q != std::string::npos) path.resize(q);  // queries stay out of logs
 
@@ -754,12 +911,15 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   auto line = log::info("request");
   line.kv("conn", id_)
       .kv("method", method)
-      .kv("host", host)
+      .kv("host", label_.host)
       .kv("path", path)
       .kv("status", status)
       .kv("request_bytes", request_bytes)
       .kv("response_bytes", response_bytes)
-      .kv("ms", elapsed.count());
+      .kv("ms", elapsed.count())
+      .kv("category", policy::to_string(label_.category))
+      .kv("action", policy::to_string(label_.action))
+      .kv("rule", label_.rule);
   if (response_result.outcome != BodyOutcome::done) {
     line.kv("error", response_result.outcome == BodyOutcome::read_failed ? "server-body-failed"
                                                                          : "client-body-failed")

@@ -28,6 +28,7 @@ constexpr auto kSectionProxy = "proxy"sv;
 constexpr auto kSectionCa = "ca"sv;
 constexpr auto kSectionUpstream = "upstream"sv;
 constexpr auto kSectionIntercept = "intercept"sv;
+constexpr auto kSectionPolicy = "policy"sv;
 constexpr auto kSectionTimeouts = "timeouts"sv;
 constexpr auto kSectionLimits = "limits"sv;
 
@@ -44,6 +45,10 @@ constexpr auto kKeyExtraCa = "extra_ca"sv;
 constexpr auto kKeyResolve = "resolve"sv;
 constexpr auto kKeyHosts = "hosts"sv;
 constexpr auto kKeyRefuse = "refuse"sv;
+constexpr auto kKeyProfile = "profile"sv;
+constexpr auto kKeyFile = "file"sv;
+constexpr auto kKeyCatalogDir = "catalog_dir"sv;
+constexpr auto kKeyWatch = "watch"sv;
 constexpr auto kKeyClientHello = "client_hello"sv;
 constexpr auto kKeyTlsHandshake = "tls_handshake"sv;
 constexpr auto kKeyRequestHeader = "request_header"sv;
@@ -488,6 +493,34 @@ constexpr KeySpec kInterceptKeys[] = {
     {kKeyRefuse, apply_host_patterns<&Config::refuse_hosts>},
 };
 
+// ---- [policy]
+
+void apply_profile(Loader& loader, Config& config, const toml::node& node,
+                   const std::string& what) {
+  auto text = loader.string(node, what);
+  if (!text) return;
+  if (*text != "gateway" && *text != "observe") {
+    loader.error(node, what, "unknown profile " + quote(*text) + " (gateway or observe)");
+    return;
+  }
+  config.policy_profile = std::string(*text);
+}
+
+void apply_watch(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
+  if (const auto* value = node.as_boolean()) {
+    config.policy_watch = value->get();
+  } else {
+    loader.error(node, what, "expected true or false, got " + std::string(type_name(node)));
+  }
+}
+
+constexpr KeySpec kPolicyKeys[] = {
+    {kKeyProfile, apply_profile},
+    {kKeyFile, apply_path<&Config::policy_file>},
+    {kKeyCatalogDir, apply_path<&Config::catalog_dir>},
+    {kKeyWatch, apply_watch},
+};
+
 // ---- [timeouts]
 
 template <std::chrono::milliseconds Timeouts::*Field>
@@ -582,6 +615,7 @@ struct SectionSpec {
 constexpr SectionSpec kSections[] = {
     {kSectionProxy, kProxyKeys},       {kSectionCa, kCaKeys},
     {kSectionUpstream, kUpstreamKeys}, {kSectionIntercept, kInterceptKeys},
+    {kSectionPolicy, kPolicyKeys},
     {kSectionTimeouts, kTimeoutKeys},  {kSectionLimits, kLimitKeys},
 };
 

@@ -12,7 +12,7 @@
 #include <string_view>
 #include <vector>
 
-#include "proxy/net_types.hpp"
+#include "policy/net_types.hpp"
 
 namespace tokgate::proxy {
 
@@ -75,9 +75,17 @@ struct Config {
   std::vector<std::filesystem::path> extra_ca_files;
   std::vector<ResolveOverride> resolve;
 
-  // [intercept]: until the policy engine decides, this host list picks what is decrypted.
-  std::vector<std::string> intercept_hosts;  // globs: "*.tiktok.com", "tiktok.com"
+  // [intercept]: operator overrides applied before the policy at the connection stage
+  // (e.g. decrypt one third-party site for a study). Globs: "*.x", ".x", "x", "*".
+  std::vector<std::string> intercept_hosts;
   std::vector<std::string> refuse_hosts;
+
+  // [policy]: a shipped profile, or a policy file (which wins); the catalog is the embedded
+  // one unless catalog_dir holds overrides. Both reload on SIGHUP and, with watch, on change.
+  std::string policy_profile = "gateway";
+  std::filesystem::path policy_file;
+  std::filesystem::path catalog_dir;
+  bool policy_watch = true;
 
   Timeouts timeouts;
   Limits limits;

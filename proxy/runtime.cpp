@@ -2,18 +2,6 @@
 
 namespace tokgate::proxy {
 
-std::string_view to_string(ConnectionVerdict verdict) {
-  switch (verdict) {
-    case ConnectionVerdict::splice:
-      return "splice";
-    case ConnectionVerdict::refuse:
-      return "refuse";
-    case ConnectionVerdict::intercept:
-      return "intercept";
-  }
-  return "splice";
-}
-
 namespace {
 policy::HostPatternSet compile(const std::vector<std::string>& globs) {
   policy::HostPatternSet set;
@@ -25,18 +13,37 @@ policy::HostPatternSet compile(const std::vector<std::string>& globs) {
 }
 }  // namespace
 
-Runtime::Runtime(Config config_in, certs::CertificateAuthority ca_in)
+Runtime::Runtime(Config config_in, certs::CertificateAuthority ca_in,
+                 std::shared_ptr<const PolicySnapshot> policy_in)
     : config(std::move(config_in)),
       ca(std::move(ca_in)),
       minter(ca),
       leaf_cache(minter, config.limits.leaf_cache_entries),
       intercept_hosts(compile(config.intercept_hosts)),
-      refuse_hosts(compile(config.refuse_hosts)) {}
+      refuse_hosts(compile(config.refuse_hosts)),
+      policy(policy_in),
+      pinned(policy_in->policy->pinned_table_size()) {}
 
-ConnectionVerdict Runtime::decide_connection(std::string_view normalized_host) const {
-  if (refuse_hosts.matches(normalized_host)) return ConnectionVerdict::refuse;
-  if (intercept_hosts.matches(normalized_host)) return ConnectionVerdict::intercept;
-  return ConnectionVerdict::splice;
+policy::ConnectionDecision Runtime::decide_connection(const PolicySnapshot& snapshot,
+                                                      const policy::RequestFacts& facts) {
+  auto decision = snapshot.policy->decide_connection(*snapshot.catalog, facts);
+  if (refuse_hosts.matches(facts.host)) {
+    decision.verdict = ConnectionVerdict::refuse;
+    decision.rule = "config:intercept.refuse";
+    decision.message = {};
+  } else if (intercept_hosts.matches(facts.host)) {
+    decision.verdict = ConnectionVerdict::intercept;
+    decision.rule = "config:intercept.hosts";
+    decision.message = {};
+  }
+  if (decision.verdict == ConnectionVerdict::intercept && pinned.contains(facts.host)) {
+    // Its clients rejected our certificate a moment ago: decrypting again only fails again.
+    decision.verdict = snapshot.policy->on_pinned() == policy::PinnedAction::refuse
+                           ? ConnectionVerdict::refuse
+                           : ConnectionVerdict::splice;
+    decision.rule = "pinned";
+  }
+  return decision;
 }
 
 }  // namespace tokgate::proxy

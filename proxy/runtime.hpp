@@ -1,6 +1,5 @@
-// What every worker shares for the life of the process: the configuration, the CA, the leaf
-// cache and the connection-level host lists. Immutable after start-up except for counters and
-// the leaf cache, which is thread-safe.
+// What every worker shares for the life of the process: the configuration, the CA and leaf
+// cache, the policy snapshot (swapped on reload) and the table of pinned hosts.
 #pragma once
 
 #include <atomic>
@@ -11,20 +10,23 @@
 #include "certs/leaf_cache.hpp"
 #include "certs/leaf_minter.hpp"
 #include "policy/host_pattern.hpp"
+#include "policy/types.hpp"
 #include "proxy/config.hpp"
+#include "proxy/pinned_hosts.hpp"
+#include "proxy/policy_state.hpp"
 
 namespace tokgate::proxy {
 
-// The connection-level decision: splice (relay bytes untouched), refuse (close with a TLS alert
-// or a 403), or intercept (decrypt with a minted certificate).
-enum class ConnectionVerdict { splice, refuse, intercept };
-std::string_view to_string(ConnectionVerdict verdict);
+using policy::ConnectionVerdict;
 
 struct Runtime {
-  Runtime(Config config_in, certs::CertificateAuthority ca_in);
+  Runtime(Config config_in, certs::CertificateAuthority ca_in,
+          std::shared_ptr<const PolicySnapshot> policy_in);
 
-  // Host lists from [intercept]; the policy engine replaces this decision in its own issue.
-  ConnectionVerdict decide_connection(std::string_view normalized_host) const;
+  // The connection stage for one name: the operator's [intercept] overrides, the pinned
+  // table, then the policy.
+  policy::ConnectionDecision decide_connection(const PolicySnapshot& snapshot,
+                                               const policy::RequestFacts& facts);
 
   const Config config;
   const certs::CertificateAuthority ca;
@@ -32,6 +34,8 @@ struct Runtime {
   certs::LeafCache leaf_cache;
   policy::HostPatternSet intercept_hosts;
   policy::HostPatternSet refuse_hosts;
+  PolicyState policy;
+  PinnedHosts pinned;
 
   std::atomic<std::size_t> open_connections{0};
   std::atomic<uint64_t> next_connection_id{1};

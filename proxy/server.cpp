@@ -4,9 +4,11 @@
 
 #include <csignal>
 #include <stdexcept>
+#include <functional>
 #include <thread>
 
 #include "proxy/log.hpp"
+#include "web-ui/block_page.hpp"
 
 namespace tokgate::proxy {
 
@@ -45,6 +47,17 @@ void Server::bind() {
   }
 }
 
+std::string Server::policy_json() const {
+  auto snapshot = runtime_.policy.current();
+  return ",\"policy\":{\"name\":\"" + webui::json_escape(snapshot->policy->name()) +
+         "\",\"source\":\"" + webui::json_escape(snapshot->policy->source()) +
+         "\",\"rules\":" + std::to_string(snapshot->policy->rule_count()) +
+         ",\"generation\":" + std::to_string(snapshot->generation) + ",\"catalog\":\"" +
+         snapshot->catalog->version() + "\",\"last_reload_error\":\"" +
+         webui::json_escape(runtime_.policy.last_error()) +
+         "\"},\"pinned_hosts\":" + std::to_string(runtime_.pinned.size());
+}
+
 void Server::bind_admin() {
   const Endpoint& configured = runtime_.config.admin;
   if (!configured.address.unmapped().is_v4() || configured.address.bytes()[0] != 127) {
@@ -69,7 +82,8 @@ void Server::bind_admin() {
            ",\"open_connections\":" + std::to_string(active) +
            ",\"leaf_cache\":{\"size\":" + std::to_string(runtime_.leaf_cache.size()) +
            ",\"hits\":" + std::to_string(runtime_.leaf_cache.hits()) +
-           ",\"mints\":" + std::to_string(runtime_.leaf_cache.misses()) + "}}";
+           ",\"mints\":" + std::to_string(runtime_.leaf_cache.misses()) + "}" + policy_json() +
+           "}";
   };
   try {
     admin_ = std::make_unique<webui::AdminServer>(main_io_, to_tcp(configured), std::move(content));
@@ -81,11 +95,49 @@ void Server::bind_admin() {
       .kv("address", Endpoint{configured.address, admin_->local_endpoint().port()}.to_string());
 }
 
+void Server::reload(std::string_view why) {
+  if (runtime_.policy.reload(runtime_.config)) {
+    auto snapshot = runtime_.policy.current();
+    log::info("policy-reloaded")
+        .kv("trigger", why)
+        .kv("name", snapshot->policy->name())
+        .kv("source", snapshot->policy->source())
+        .kv("rules", static_cast<uint64_t>(snapshot->policy->rule_count()))
+        .kv("catalog", snapshot->catalog->version())
+        .kv("generation", snapshot->generation);
+  } else {
+    // The old snapshot stays in force: a typo in the file must not open or close the gates.
+    log::error("policy-reload-failed").kv("trigger", why).kv("reason",
+                                                              runtime_.policy.last_error());
+  }
+}
+
 int Server::run() {
   auto& main_io = main_io_;
   auto& signals = signals_;
   for (auto& worker : workers_) worker->start();
   if (admin_) admin_->start();
+
+  std::function<void(const error_code&, int)> on_reload_signal = [&](const error_code& ec, int) {
+    if (ec) return;
+    reload("SIGHUP");
+    reload_signals_.async_wait(on_reload_signal);
+  };
+  reload_signals_.async_wait(on_reload_signal);
+  std::function<void(const error_code&)> on_watch_tick;
+  if (runtime_.config.policy_watch &&
+      (!runtime_.config.policy_file.empty() || !runtime_.config.catalog_dir.empty())) {
+    watch_timer_ = std::make_unique<asio::steady_timer>(main_io_);
+    runtime_.policy.files_changed(runtime_.config);  // the state to compare against
+    on_watch_tick = [&](const error_code& ec) {
+      if (ec) return;
+      if (runtime_.policy.files_changed(runtime_.config)) reload("file-changed");
+      watch_timer_->expires_after(std::chrono::seconds(1));
+      watch_timer_->async_wait(on_watch_tick);
+    };
+    watch_timer_->expires_after(std::chrono::seconds(1));
+    watch_timer_->async_wait(on_watch_tick);
+  }
 
   int received = 0;
   signals.async_wait([&](const error_code& ec, int number) {
@@ -96,6 +148,7 @@ int Server::run() {
   log::info("draining").kv("signal", received == SIGTERM ? "SIGTERM" : "SIGINT");
   for (auto& worker : workers_) worker->begin_drain();
   if (admin_) admin_->stop();
+  if (watch_timer_) watch_timer_->cancel();
 
   // A second signal means "now".
   bool forced = false;

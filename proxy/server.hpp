@@ -4,6 +4,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <memory>
 #include <vector>
@@ -21,6 +22,9 @@ class Server {
 
   // Binds every listener on every worker; throws std::runtime_error naming the address.
   void bind();
+  std::string policy_json() const;
+  // Reloads the policy and catalog; logs the outcome. Main thread.
+  void reload(std::string_view why);
   // Binds the admin listener (loopback only until the web UI brings authentication).
   void bind_admin();
   // Runs until SIGTERM or SIGINT, then drains; returns the process exit code.
@@ -32,6 +36,8 @@ class Server {
   // Made before any listener exists: a signal that arrives the moment we log "listening" is
   // queued, not lost (and does not kill the process with the default action).
   asio::signal_set signals_{main_io_, SIGINT, SIGTERM};
+  asio::signal_set reload_signals_{main_io_, SIGHUP};
+  std::unique_ptr<asio::steady_timer> watch_timer_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<webui::AdminServer> admin_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();

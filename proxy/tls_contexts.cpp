@@ -1,13 +1,14 @@
 #include "proxy/tls_contexts.hpp"
 
 #include <openssl/err.h>
+#include <openssl/sslerr.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
 #include <algorithm>
 #include <stdexcept>
 
-#include "proxy/net_types.hpp"
+#include "policy/net_types.hpp"
 
 namespace tokgate::proxy {
 namespace {
@@ -115,6 +116,26 @@ bool prepare_client_side_tls(SSL* ssl, X509* leaf, EVP_PKEY* leaf_key, std::span
   }
   SSL_set_ex_data(ssl, alpn_choice_index(), const_cast<std::string*>(alpn_choice));
   return true;
+}
+
+bool is_certificate_rejection(const error_code& ec) {
+  if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated ||
+      ec == asio::error::connection_reset) {
+    return true;
+  }
+  if (ec.category() != asio::error::get_ssl_category()) return false;
+  switch (ERR_GET_REASON(static_cast<unsigned long>(ec.value()))) {
+    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+    case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
+    case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
+      return true;
+    default:
+      return false;
+  }
 }
 
 std::string describe_server_tls_failure(SSL* ssl, const error_code& ec) {

@@ -38,6 +38,11 @@ void prepare_server_side_tls(SSL* ssl, const std::string& verify_name,
 bool prepare_client_side_tls(SSL* ssl, X509* leaf, EVP_PKEY* leaf_key, std::span<X509* const> chain,
                              const std::string* alpn_choice);
 
+// True when the client's side of our handshake failed the way certificate pinning fails: an
+// alert about our certificate (unknown CA, bad or unsupported certificate, access denied), or
+// the client closing while our certificate was on its way.
+bool is_certificate_rejection(const error_code& ec);
+
 // Why the server side's handshake failed, in words a client can act on.
 std::string describe_server_tls_failure(SSL* ssl, const error_code& ec);
 

@@ -497,9 +497,10 @@ class IntegrationTestCase(unittest.TestCase):
 
     @classmethod
     def intercept_args(cls, *intercept, connect_ports="1-65535"):
-        """The usual arguments: every name resolves to loopback, the test CA is trusted."""
+        """The usual arguments: every name resolves to loopback, the test CA is trusted, and the
+        observe profile (block nothing) so proxy mechanics are tested apart from policy."""
         args = ["--resolve", "*:*:127.0.0.1", "--upstream-ca", cls.pki.ca_cert,
-                "--connect-ports", connect_ports]
+                "--connect-ports", connect_ports, "--profile", "observe"]
         for glob in intercept:
             args += ["--intercept", glob]
         return args
@@ -766,3 +767,260 @@ def closed_port():
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     return sock, sock.getsockname()[1]
+
+
+# --- policy (issue 3): profiles, policy files, reloads, the admin status, TLS through CONNECT ---
+
+# Names every policy test relies on (the catalog knows the first two).
+TIKTOK_WEB_HOST = "www.tiktok.com"
+TIKTOK_APP_HOST = "api16-normal-c-useast1a.tiktokv.com"
+
+# User-Agents: TikTok's iOS in-app browser (WKWebView with the app's tokens), plain browsers, and
+# another app's in-app browser that must not count as TikTok.
+UA_TIKTOK_IN_APP_IOS = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like "
+    "Gecko) Mobile/15E148 musical_ly_34.3.1 JsSdk/2.0 NetType/WIFI Channel/App Store "
+    "ByteLocale/en Region/US isDarkMode/0 WKWebView/1 BytedanceWebview/d8a21c6")
+UA_SAFARI_IOS = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like "
+    "Gecko) Version/17.4 Mobile/15E148 Safari/604.1")
+UA_CHROME_DESKTOP = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36")
+UA_INSTAGRAM_IN_APP = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like "
+    "Gecko) Mobile/15E148 Instagram 329.0.3.29.101 (iPhone15,2; iOS 17_4; en_US; en; "
+    "scale=3.00; 1179x2556; 604543425)")
+
+
+def policy_run_args(profile=None, policy=None, intercept=(), refuse=(), catalog_dir=None,
+                    connect_ports="1-65535", extra=()):
+    """`tokgate run` arguments for the policy tests: every name resolves to loopback, the test
+    CA is trusted for origins, and the policy is the one given (a --profile NAME, a --policy
+    FILE, or neither: the built-in default, gateway)."""
+    args = ["--resolve", "*:*:127.0.0.1", "--upstream-ca", shared_pki().ca_cert,
+            "--connect-ports", connect_ports]
+    if profile:
+        args += ["--profile", profile]
+    if policy:
+        args += ["--policy", policy]
+    if catalog_dir:
+        args += ["--catalog-dir", catalog_dir]
+    for glob in intercept:
+        args += ["--intercept", glob]
+    for glob in refuse:
+        args += ["--refuse", glob]
+    return [str(a) for a in args] + [str(a) for a in extra]
+
+
+def write_file_replacing(path, text):
+    """Writes `text` to a temporary file next to `path`, then renames it over `path`: a watcher
+    never sees a half-written file."""
+    path = Path(path)
+    scratch = path.with_name(".%s.%s.tmp" % (path.name, secrets.token_hex(4)))
+    scratch.write_text(text)
+    os.replace(scratch, path)
+    return path
+
+
+def log_mark(proxy):
+    """The index of the next log line: pass it as `start` to wait for lines after now."""
+    return len(proxy.log.snapshot())
+
+
+def wait_for_record(proxy, timeout=10.0, start=0, what=None, **match):
+    """Waits for a log line (from index `start`) whose logfmt fields equal every key=value given;
+    returns it parsed."""
+    line = proxy.log.wait_for(lambda l: _record_matches(parse_log_line(l), match), timeout,
+                              what or " ".join("%s=%s" % (k, getattr(v, "__name__", v))
+                                               for k, v in sorted(match.items())), start=start)
+    return parse_log_line(line)
+
+
+def _record_matches(record, match):
+    """True if every field equals its value, or satisfies it when the value is a callable."""
+    if not record:
+        return False
+    for key, want in match.items():
+        value = record.get(key)
+        if callable(want):
+            if value is None or not want(value):
+                return False
+        elif value != want:
+            return False
+    return True
+
+
+def host_is(name):
+    """A log-field matcher: the host `name`, with or without a ":port" (the request line's host
+    field carries the Host header's port on forwarded requests)."""
+    def host_matches(value):
+        return value == name or re.fullmatch(re.escape(name) + r":\d+", value) is not None
+    host_matches.__name__ = "%s[:port]" % name
+    return host_matches
+
+
+def records_since(proxy, start, **match):
+    """Parsed log lines from index `start` whose fields equal every key=value given."""
+    out = []
+    for line in proxy.log.snapshot()[start:]:
+        record = parse_log_line(line)
+        if _record_matches(record, match):
+            out.append(record)
+    return out
+
+
+def admin_address(proxy, timeout=STARTUP_TIMEOUT):
+    """(host, port) of the admin listener, from `event=listening role=admin address=...`."""
+    record = wait_for_record(proxy, timeout, event="listening", role="admin")
+    return split_host_port(record["address"])
+
+
+def admin_get(proxy, path="/status", timeout=10.0):
+    """GET on the admin listener: (status, headers dict lower-case, body bytes)."""
+    import http.client
+    host, port = admin_address(proxy)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def admin_status(proxy):
+    """The admin /status JSON, parsed."""
+    status, _, body = admin_get(proxy, "/status")
+    if status != 200:
+        raise AssertionError("/status answered %d: %r" % (status, body[:500]))
+    return json.loads(body)
+
+
+def tokgate_command(*args, input=None, timeout=30):  # noqa: A002
+    """Runs `tokgate ARGS...` to completion (no network), with optional stdin bytes."""
+    cmd = [str(tokgate_binary())] + [str(a) for a in args]
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=timeout, env=clean_env(),
+                              input=input if input is not None else b"")
+    except subprocess.TimeoutExpired as expired:
+        raise AssertionError("`%s` did not exit within %ds; stderr: %s" % (
+            " ".join(cmd), timeout, (expired.stderr or b"").decode(errors="replace")[-2000:]))
+
+
+def describe_command(result):
+    return "exit %d\ncmd: %s\nstdout: %s\nstderr: %s" % (
+        result.returncode, " ".join(map(str, result.args)),
+        result.stdout.decode(errors="replace")[-3000:],
+        result.stderr.decode(errors="replace")[-3000:])
+
+
+def tls_client_context(cafile=None, verify=True):
+    import ssl
+    context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def tunnel_connection(proxy_port, host, port, cafile, timeout=15.0):
+    """http.client.HTTPSConnection to https://host:port through the proxy (CONNECT, then TLS
+    with SNI host, verified against `cafile`). Keep-alive: reuse it for several requests."""
+    import http.client
+    conn = http.client.HTTPSConnection("127.0.0.1", proxy_port, timeout=timeout,
+                                       context=tls_client_context(cafile))
+    conn.set_tunnel(host, port)
+    return conn
+
+
+def tls_through_connect(proxy_port, connect_authority, servername, cafile=None, verify=True,
+                        timeout=15.0):
+    """CONNECT `connect_authority` through the proxy, then a TLS handshake with SNI
+    `servername`. Returns ("ok", ssl socket) or ("connect", RawResponse) when the CONNECT was
+    answered with a non-2xx, or ("tls", the ssl.SSLError/OSError) when the handshake failed."""
+    import ssl
+    raw = RawConnection(proxy_port, timeout=timeout)
+    try:
+        raw.send(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n"
+                 % (connect_authority.encode(), connect_authority.encode()))
+        response = raw.read_response(connect=True)
+        if response is None or not 200 <= response.status < 300:
+            raw.close()
+            return "connect", response
+        if raw.buffer:
+            raise AssertionError("bytes after the CONNECT answer: %r" % raw.buffer[:200])
+        context = tls_client_context(cafile, verify)
+        try:
+            tls = context.wrap_socket(raw.sock, server_hostname=servername)
+        except (ssl.SSLError, OSError) as error:
+            raw.close()
+            return "tls", error
+        return "ok", tls
+    except BaseException:
+        raw.close()
+        raise
+
+
+class TlsHttp(RawConnection):
+    """Hand-written HTTP/1.1 requests on an established TLS socket (from tls_through_connect),
+    keeping unread bytes between responses so one connection can carry several requests."""
+
+    def __init__(self, tls):  # noqa: D107 - wraps a connected socket instead of connecting
+        self.sock = tls
+        self.buffer = b""
+
+    def _fill(self):
+        import ssl
+        try:
+            piece = self.sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            return False
+        except ssl.SSLError as error:
+            if "EOF" in str(error):
+                return False
+            raise
+        if not piece:
+            return False
+        self.buffer += piece
+        return True
+
+    def request(self, host, path, headers=(), method="GET", body=b""):
+        """Sends one request (Host added; `headers` are (name, value) pairs) and reads its
+        response; None if the peer closed without answering."""
+        lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s" % host]
+        lines += ["%s: %s" % (k, v) for k, v in headers]
+        if body or method in ("POST", "PUT"):
+            lines.append("Content-Length: %d" % len(body))
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        return self.read_response()
+
+
+def origin_request_count(origin, path_prefix=None):
+    """How many requests the origin has started handling (optionally only those whose path
+    starts with `path_prefix`)."""
+    return len([r for r in origin.requests()
+                if path_prefix is None or r.get("path", "").startswith(path_prefix)])
+
+
+def profile_rule_for(profile, category):
+    """(name, action) of the first rule of the shipped profile policy/profiles/PROFILE.toml that
+    matches `category` by category alone (no other condition), or None: tests then follow a
+    renamed rule instead of breaking on it."""
+    import tomllib
+    with open(REPO_ROOT / "policy" / "profiles" / ("%s.toml" % profile), "rb") as f:
+        document = tomllib.load(f)
+    for rule in document.get("rules", []):
+        match = rule.get("match", {})
+        if set(match) == {"category"} and category in match["category"]:
+            return rule["name"], rule["action"]
+    return None
+
+
+def profile_settings(profile):
+    """The [policy] table of the shipped profile policy/profiles/PROFILE.toml."""
+    import tomllib
+    with open(REPO_ROOT / "policy" / "profiles" / ("%s.toml" % profile), "rb") as f:
+        return tomllib.load(f).get("policy", {})

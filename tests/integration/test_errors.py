@@ -19,12 +19,12 @@ class ErrorResponsesTest(IntegrationTestCase):
             "--resolve", "*.tiktok.com:*:127.0.0.1", "--resolve", "refused.test:*:127.0.0.1",
             "--resolve", "splice.test:*:127.0.0.1", "--upstream-ca", self.pki.ca_cert,
             "--connect-ports", "1-65535", "--intercept", "*.tiktok.com",
-            "--refuse", "refused.test", "--refuse", "*.blocked.example",
+            "--refuse", "refused.test", "--refuse", "*.blocked.example", "--profile", "observe",
         ], config_text=CONFIG)
 
     def start_default_ports_proxy(self):
         return self.start_tokgate(self.id().rsplit(".", 1)[-1] + "-default-ports", args=[
-            "--resolve", "*:*:127.0.0.1", "--upstream-ca", self.pki.ca_cert])
+            "--resolve", "*:*:127.0.0.1", "--upstream-ca", self.pki.ca_cert, "--profile", "observe"])
 
     def assert_error(self, response, status, code, proxy=None):
         proxy = proxy or self.proxy

@@ -81,15 +81,30 @@ TEST(Config, EmbeddedDefaultParsesAndMatchesStructDefaults) {
   auto config = parse_config(embedded_default_config(), "<embedded>");
   ASSERT_TRUE(config) << config.error();
   expect_defaults(*config);
-  const auto& hosts = config->intercept_hosts;
-  for (const char* family :
-       {".tiktok.com", ".tiktokv.com", ".tiktokv.us", ".tiktokv.eu", ".tiktokcdn.com",
-        ".tiktokcdn-us.com", ".tiktokcdn-eu.com", ".musical.ly", ".byteoversea.com",
-        ".ibytedtos.com", ".ibyteimg.com", ".muscdn.com", ".tiktokw.us", ".tiktokw.eu",
-        ".tiktokapis.com", ".ttwstatic.com"}) {
-    EXPECT_NE(std::find(hosts.begin(), hosts.end(), family), hosts.end()) << family;
-  }
-  EXPECT_EQ(hosts.size(), 16u);
+  // The policy decides what is decrypted; the override lists ship empty.
+  EXPECT_TRUE(config->intercept_hosts.empty());
+  EXPECT_TRUE(config->refuse_hosts.empty());
+  EXPECT_EQ(config->policy_profile, "gateway");
+  EXPECT_TRUE(config->policy_watch);
+}
+
+TEST(Config, PolicySection) {
+  auto c = parse_ok(R"(
+[policy]
+profile = "observe"
+file = "policy.toml"
+catalog_dir = "catalog"
+watch = false
+)");
+  EXPECT_EQ(c.policy_profile, "observe");
+  EXPECT_EQ(c.policy_file, "policy.toml");
+  EXPECT_EQ(c.catalog_dir, "catalog");
+  EXPECT_FALSE(c.policy_watch);
+  auto bad = parse_config("[policy]\nprofile = \"strict\"\nwatch = 1\n", "t.toml");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().find("t.toml:2:11: "), std::string::npos) << bad.error();
+  EXPECT_NE(bad.error().find("unknown profile"), std::string::npos) << bad.error();
+  EXPECT_NE(bad.error().find("t.toml:3:9: "), std::string::npos) << bad.error();
 }
 
 TEST(Config, EveryKeySet) {

@@ -1,4 +1,4 @@
-#include "proxy/net_types.hpp"
+#include "policy/net_types.hpp"
 
 #include <gtest/gtest.h>
 

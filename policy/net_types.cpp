@@ -1,11 +1,11 @@
-#include "proxy/net_types.hpp"
+#include "policy/net_types.hpp"
 
 #include <arpa/inet.h>
 
 #include <charconv>
 #include <cstring>
 
-namespace tokgate::proxy {
+namespace tokgate::policy {
 
 IpAddress IpAddress::v4(std::array<uint8_t, 4> bytes) {
   IpAddress a;
@@ -120,4 +120,4 @@ std::string Cidr::to_string() const {
   return network_.to_string() + "/" + std::to_string(prefix_);
 }
 
-}  // namespace tokgate::proxy
+}  // namespace tokgate::policy

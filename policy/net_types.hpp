@@ -9,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-namespace tokgate::proxy {
+namespace tokgate::policy {
 
 class IpAddress {
  public:
@@ -64,4 +64,10 @@ class Cidr {
   unsigned prefix_ = 0;
 };
 
+}  // namespace tokgate::policy
+
+namespace tokgate::proxy {
+using policy::Cidr;
+using policy::Endpoint;
+using policy::IpAddress;
 }  // namespace tokgate::proxy
