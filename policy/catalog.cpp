@@ -174,18 +174,10 @@ class Compiler {
     resolve_families(*data);
     check_shared_and_duplicates();
     if (pending_.size() > kMaxSignatures) {
-      errors_.push_back({0, 0, 0,
-                         "too many signatures (" + std::to_string(pending_.size()) + ", at most " +
-                             std::to_string(kMaxSignatures) + ")"});
-    }
-    for (auto [count, what] : {std::pair{ua_atoms_.size(), "user_agent tokens"},
-                               std::pair{header_atoms_.size(), "header atoms"},
-                               std::pair{query_atoms_.size(), "query atoms"}}) {
-      if (count > kMaxAtomsPerKind) {
-        errors_.push_back({0, 0, 0,
-                           std::string("too many distinct ") + what + " (at most " +
-                               std::to_string(kMaxAtomsPerKind) + ")"});
-      }
+      const Pending& first_extra = pending_[kMaxSignatures];
+      error(first_extra.source_index, first_extra.where,
+            "too many signatures (" + std::to_string(pending_.size()) + ", at most " +
+                std::to_string(kMaxSignatures) + ")");
     }
     if (!errors_.empty()) return std::unexpected(report());
 
@@ -331,6 +323,14 @@ class Compiler {
       }
     }
     if (!has_source) error(src, node.source(), "[shared]: missing 'source'");
+  }
+
+  // Reported once, where the first atom over the limit is written.
+  void check_atom_limit(std::size_t src, const toml::node& at, uint16_t index, const char* what) {
+    if (index == kMaxAtomsPerKind) {
+      error(src, at.source(),
+            std::string("more than ") + std::to_string(kMaxAtomsPerKind) + " distinct " + what);
+    }
   }
 
   uint16_t intern_ua(Shape shape) {
@@ -485,13 +485,19 @@ class Compiler {
       } else if (k == "path") {
         read_shapes(src, value, k, Shape::Use::path, s.path);
       } else if (k == "user_agent") {
-        std::vector<Shape> shapes;
-        read_shapes(src, value, k, Shape::Use::user_agent, shapes);
-        for (auto& shape : shapes) s.user_agent.push_back(intern_ua(std::move(shape)));
+        strings(src, value, k, [&](std::string_view text, const toml::node& at) {
+          if (auto shape = Shape::parse(text, Shape::Use::user_agent)) {
+            s.user_agent.push_back(intern_ua(std::move(*shape)));
+            check_atom_limit(src, at, s.user_agent.back(), "User-Agent tokens");
+          } else {
+            error(src, at.source(), "user_agent: " + quote(text) + ": " + shape.error());
+          }
+        });
       } else if (k == "headers") {
         strings(src, value, k, [&](std::string_view text, const toml::node& at) {
           if (auto atom = parse_header_atom(text)) {
             s.headers.push_back(intern(header_atoms_, std::move(*atom)));
+            check_atom_limit(src, at, s.headers.back(), "header atoms");
           } else {
             error(src, at.source(), "headers: " + quote(text) + ": " + atom.error());
           }
@@ -500,6 +506,7 @@ class Compiler {
         strings(src, value, k, [&](std::string_view text, const toml::node& at) {
           if (auto atom = parse_query_atom(text)) {
             s.query.push_back(intern(query_atoms_, std::move(*atom)));
+            check_atom_limit(src, at, s.query.back(), "query atoms");
           } else {
             error(src, at.source(), "query: " + quote(text) + ": " + atom.error());
           }

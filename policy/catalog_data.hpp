@@ -19,8 +19,8 @@
 namespace tokgate::policy {
 
 // Bounds that keep the per-request state a few fixed-size bitsets on the stack.
-inline constexpr std::size_t kMaxSignatures = 512;
-inline constexpr std::size_t kMaxAtomsPerKind = 512;  // user_agent, headers, query each
+inline constexpr std::size_t kMaxSignatures = 256;
+inline constexpr std::size_t kMaxAtomsPerKind = 256;  // user_agent, headers, query each
 inline constexpr std::size_t kMaxFamilies = 64;
 inline constexpr std::size_t kMaxNameLength = 63;  // header and query parameter names
 
@@ -195,9 +195,10 @@ class CatalogData {
   // parameters (one bit per hashed first two bytes; catalog query names have at least two).
   std::array<uint64_t, 256> header_name_filter_{};
   std::array<uint64_t, 64> query_name_starts_{};
-  // User-Agent tokens all start with a letter or digit (the usual case): only word starts
-  // need the bigram test.
-  bool ua_tokens_start_words_ = true;
+  // Per byte of a User-Agent: can a token start with it, and can a token start after it (a
+  // word boundary: not a letter or digit, or anything if some token starts with neither).
+  std::array<uint8_t, 256> ua_token_first_{};
+  std::array<uint8_t, 256> ua_start_after_{};
   // Which signatures can fire at all is known from bits before any signature is looked at:
   // those whose host, User-Agent, header or query condition had a hit, those scoped to a family
   // the host belongs to, and the few with none of these conditions (always tested).

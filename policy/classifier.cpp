@@ -314,7 +314,8 @@ void CatalogData::build_tables() {
 
   ua_bigram_bits_ = {};
   ua_starts_.clear();
-  ua_tokens_start_words_ = true;
+  ua_token_first_ = {};
+  bool tokens_start_words = true;
   for (std::size_t i = 0; i < ua_atoms.size(); ++i) {
     const std::string& literal = ua_atoms[i].leading_literal();  // >= 2 bytes (Shape::parse)
     UaStart start{};
@@ -325,11 +326,17 @@ void CatalogData::build_tables() {
         static_cast<uint8_t>(std::min<std::size_t>(literal.size(), start.prefix.size()));
     std::copy_n(literal.begin(), start.prefix_length, start.prefix.begin());
     ua_bigram_bits_[start.bigram / 64] |= uint64_t{1} << (start.bigram % 64);
-    if (!is_alnum(literal[0])) ua_tokens_start_words_ = false;
+    if (!is_alnum(literal[0])) tokens_start_words = false;
+    auto first = static_cast<unsigned char>(literal[0]);  // lower-cased
+    ua_token_first_[first] = 1;
+    if (first >= 'a' && first <= 'z') ua_token_first_[first - 'a' + 'A'] = 1;
     ua_starts_.push_back(start);
   }
   std::stable_sort(ua_starts_.begin(), ua_starts_.end(),
                    [](const UaStart& a, const UaStart& b) { return a.bigram < b.bigram; });
+  for (std::size_t b = 0; b < 256; ++b) {
+    ua_start_after_[b] = tokens_start_words && kAlnum[b] ? 0 : 1;
+  }
 
   auto invert = [&](std::vector<uint16_t> Signature::*list, std::size_t atom_count) {
     std::vector<std::vector<uint16_t>> out(atom_count);
@@ -430,17 +437,17 @@ void CatalogData::scan_user_agent(std::string_view ua, RequestState& state) cons
   const auto* bytes = reinterpret_cast<const unsigned char*>(ua.data());
   const std::size_t size = ua.size();
   const uint64_t* bigrams = ua_bigram_bits_.data();
-  // One pass, without data-dependent branches until a hit: the bigram bitmap rejects almost
-  // every position with one load, and since tokens match on word boundaries, a position after
-  // a letter or digit cannot start one (when every token starts with a letter or digit).
-  const unsigned any_start = ua_tokens_start_words_ ? 0U : 1U;
-  unsigned key = kFold[bytes[0]];
-  unsigned after_word = 0;  // the previous byte was a letter or digit
+  // One pass, two table loads per byte: only a byte that can start a token, after a byte a
+  // token can follow (tokens match on word boundaries), gets the bigram test, and the bigram
+  // bitmap rejects almost all of those with one more load.
+  unsigned can_start = 1;  // position 0 is a word start
   for (std::size_t i = 0; i + 1 < size; ++i) {
-    key = ((key << 8) | kFold[bytes[i + 1]]) & 0xffffU;
-    unsigned hit = (bigrams[key >> 6] >> (key & 63)) & (any_start | (after_word ^ 1U));
-    after_word = kAlnum[bytes[i]];
-    if ((hit & 1U) != 0) match_user_agent_at(ua, i, key, state);
+    const unsigned byte = bytes[i];
+    const unsigned candidate = can_start & ua_token_first_[byte];
+    can_start = ua_start_after_[byte];
+    if (candidate == 0) continue;
+    const unsigned key = static_cast<unsigned>(kFold[byte]) << 8 | kFold[bytes[i + 1]];
+    if (((bigrams[key >> 6] >> (key & 63)) & 1U) != 0) match_user_agent_at(ua, i, key, state);
   }
 }
 

@@ -272,11 +272,12 @@ awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(
   std::optional<std::string> host_header = host_of(request[http::field::host]);
   std::string_view target = request.target();
   auto question = target.find('?');
+  const std::string policy_path = normalized_path_for_policy(target.substr(0, question));
   policy::RequestFacts facts;
   facts.host = host_header ? std::string_view(*host_header) : std::string_view(host);
   facts.port = port;
   facts.method = request.method_string();
-  facts.path = target.substr(0, question);
+  facts.path = policy_path;
   facts.query = question == std::string_view::npos ? std::string_view{} : target.substr(question + 1);
   facts.user_agent = request[http::field::user_agent];
   facts.headers = header_views_;

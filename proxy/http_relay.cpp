@@ -1,5 +1,8 @@
 #include "proxy/http_relay.hpp"
 
+#include <boost/url/parse.hpp>
+#include <boost/url/url.hpp>
+
 #include <array>
 #include <string_view>
 #include <vector>
@@ -43,6 +46,26 @@ void strip_hop_by_hop(http::fields& fields) {
       http::field::upgrade,
   };
   for (auto field : kHopByHop) fields.erase(field);
+}
+
+std::string normalized_path_for_policy(std::string_view path) {
+  std::string decoded;
+  auto parsed = boost::urls::parse_origin_form(path);
+  if (parsed) {
+    boost::urls::url url(*parsed);
+    url.normalize_path();
+    decoded = url.path();
+  } else {
+    decoded = path;  // not a valid origin-form path: match it as it came
+  }
+  std::string out;
+  out.reserve(decoded.size());
+  for (char c : decoded) {
+    if (c == '/' && !out.empty() && out.back() == '/') continue;
+    out.push_back(c);
+  }
+  if (out.empty()) out = "/";
+  return out;
 }
 
 http::response<http::string_body> failure_response(const Failure& failure, unsigned version,

@@ -23,6 +23,11 @@ using ResponseParser = http::response_parser<http::buffer_body>;
 // Proxy-Authenticate, TE, Trailer, Upgrade. Transfer-Encoding stays: the serializer re-frames it.
 void strip_hop_by_hop(http::fields& fields);
 
+// The path as the policy should see it: percent-escapes decoded, dot segments removed, runs of
+// '/' collapsed, so "/%61weme/./v1//feed" cannot slip past a rule for "/aweme/*". Only what the
+// policy looks at is normalized; the request is forwarded as the client sent it.
+std::string normalized_path_for_policy(std::string_view path);
+
 // The proxy's own error response: one line of text and a machine-readable X-Tokgate-Error code.
 http::response<http::string_body> failure_response(const Failure& failure, unsigned version,
                                                    bool keep_alive = false);

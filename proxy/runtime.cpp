@@ -38,9 +38,11 @@ policy::ConnectionDecision Runtime::decide_connection(const PolicySnapshot& snap
   }
   if (decision.verdict == ConnectionVerdict::intercept && pinned.contains(facts.host)) {
     // Its clients rejected our certificate a moment ago: decrypting again only fails again.
-    decision.verdict = snapshot.policy->on_pinned() == policy::PinnedAction::refuse
-                           ? ConnectionVerdict::refuse
-                           : ConnectionVerdict::splice;
+    // Refusing is for hosts the policy targets; a third-party host decrypted only to look at
+    // requests (mode "all") is spliced instead, so one pinning app cannot cut everyone off it.
+    const bool refuse = snapshot.policy->on_pinned() == policy::PinnedAction::refuse &&
+                        policy::is_target(decision.category);
+    decision.verdict = refuse ? ConnectionVerdict::refuse : ConnectionVerdict::splice;
     decision.rule = "pinned";
   }
   return decision;

@@ -301,6 +301,24 @@ path = ["/login"]
                                      << error;
 }
 
+TEST(CatalogErrors, LimitsAreReportedWhereTheyAreCrossed) {
+  std::string many;
+  for (int i = 0; i < 257; ++i) {
+    many += "[[signature]]\nid = \"s" + std::to_string(i) +
+            "\"\ncategory = \"web\"\nstage = 1\nsource = \"s\"\nhosts = [\"h" + std::to_string(i) +
+            ".example\"]\n";
+  }
+  // Signature 257 (index 256) starts at line 256 * 6 + 1.
+  EXPECT_EQ(compile_error(many, "m.toml"), "m.toml:1537:1: too many signatures (257, at most 256)");
+
+  std::string tokens = "[[signature]]\nid = \"t\"\ncategory = \"web\"\nstage = 1\nsource = \"s\"\n";
+  tokens += "user_agent = [\n";
+  for (int i = 0; i < 257; ++i) tokens += "  \"Token" + std::to_string(i) + "/\",\n";
+  tokens += "]\n";
+  EXPECT_EQ(compile_error(tokens, "u.toml"),
+            "u.toml:263:3: more than 256 distinct User-Agent tokens");
+}
+
 TEST(CatalogErrors, DuplicateIdAcrossFiles) {
   std::vector<CatalogSource> sources{
       {"one.toml",

@@ -1599,7 +1599,7 @@ TEST(ClassifierProperty, RandomRequestsNeverCrash) {
                                            "\xff",
                                            std::string(1, '\0'),
                                            "{n}"};
-  auto pick = [&](const std::vector<std::string>& from) {
+  auto pick = [&](const std::vector<std::string>& from) -> const std::string& {
     return from[std::uniform_int_distribution<std::size_t>(0, from.size() - 1)(rng)];
   };
   auto random_text = [&](int max_parts) {
