@@ -52,10 +52,10 @@ class Catalog {
   // name of the catalog with the category it gives. Shared-CDN exact names are included;
   // path/UA/header evidence cannot be expressed there and is not.
   struct HostEntry {
-    std::string name;             // "tiktokv.com"
+    std::string name;  // "tiktokv.com"
     bool include_subdomains = true;
     Category category = Category::none;
-    std::string_view signature;   // catalog entry id
+    std::string_view signature;  // catalog entry id
   };
   std::vector<HostEntry> host_entries() const;
 

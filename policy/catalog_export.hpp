@@ -15,12 +15,13 @@ enum class ExportFormat : uint8_t { hosts, dnsmasq, rpz, pac };
 std::optional<ExportFormat> parse_export_format(std::string_view name);
 
 struct ExportOptions {
-  std::vector<Category> categories;         // empty = every target category
-  std::string sinkhole = "0.0.0.0";         // hosts / dnsmasq answer
-  std::string proxy = "127.0.0.1:8080";     // PAC: where targeted names go
-  std::string catalog_version;              // written in the header comment
+  std::vector<Category> categories;      // empty = every target category
+  std::string sinkhole = "0.0.0.0";      // hosts / dnsmasq answer
+  std::string proxy = "127.0.0.1:8080";  // PAC: where targeted names go
+  std::string catalog_version;           // written in the header comment
 };
 
-std::string export_catalog(const Catalog& catalog, ExportFormat format, const ExportOptions& options);
+std::string export_catalog(const Catalog& catalog, ExportFormat format,
+                           const ExportOptions& options);
 
 }  // namespace tokgate::policy

@@ -35,7 +35,9 @@ std::string_view to_string(Category category);
 std::optional<Category> parse_category(std::string_view name);
 
 // True for every category except none: what a TikTok/WeChat/ByteDance policy targets.
-constexpr bool is_target(Category category) { return category != Category::none; }
+constexpr bool is_target(Category category) {
+  return category != Category::none;
+}
 
 struct HeaderView {
   std::string_view name;  // as received (any case)

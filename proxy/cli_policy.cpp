@@ -85,7 +85,8 @@ struct ExplainRequest {
 
 std::expected<void, std::string> set_url(ExplainRequest& request, std::string_view text) {
   auto url = boost::urls::parse_uri(text);
-  if (!url || !url->has_authority()) return std::unexpected("not an absolute URL: " + std::string(text));
+  if (!url || !url->has_authority())
+    return std::unexpected("not an absolute URL: " + std::string(text));
   auto scheme = url->scheme_id();
   if (scheme != boost::urls::scheme::https && scheme != boost::urls::scheme::http) {
     return std::unexpected("only http:// and https:// URLs: " + std::string(text));
@@ -94,8 +95,8 @@ std::expected<void, std::string> set_url(ExplainRequest& request, std::string_vi
   if (!host) return std::unexpected("bad host in " + std::string(text));
   request.url = std::string(text);
   request.host = *host;
-  request.port = url->has_port() ? url->port_number()
-                                 : (scheme == boost::urls::scheme::https ? 443 : 80);
+  request.port =
+      url->has_port() ? url->port_number() : (scheme == boost::urls::scheme::https ? 443 : 80);
   request.path = url->encoded_path().empty() ? "/" : std::string(url->encoded_path());
   request.query = url->has_query() ? std::string(url->encoded_query()) : std::string();
   return {};
@@ -132,8 +133,7 @@ json::object explain_json(const policy::Catalog& catalog, const policy::Policy& 
       request.user_agent = value;
     }
   }
-  if (!request.user_agent.empty() &&
-      std::ranges::none_of(request.headers, [](const auto& h) {
+  if (!request.user_agent.empty() && std::ranges::none_of(request.headers, [](const auto& h) {
         return iequals(h.first, "user-agent");
       })) {
     views.push_back({"User-Agent", request.user_agent});
@@ -209,7 +209,8 @@ void print_text(const json::object& result) {
 // One batch line → one explain request, or an error message.
 std::expected<ExplainRequest, std::string> request_from_json(const json::object& line) {
   ExplainRequest request;
-  auto get_string = [&](std::string_view key) -> std::expected<std::optional<std::string>, std::string> {
+  auto get_string =
+      [&](std::string_view key) -> std::expected<std::optional<std::string>, std::string> {
     const auto* v = line.if_contains(key);
     if (v == nullptr || v->is_null()) return std::optional<std::string>{};
     if (!v->is_string()) return std::unexpected("\"" + std::string(key) + "\" must be a string");

@@ -258,8 +258,10 @@ std::optional<std::string> host_of(std::string_view host_header) {
 }  // namespace
 
 template <class ClientStream>
-awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(
-    ClientStream& client, RequestParser& parser, const std::string& host, uint16_t port) {
+awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(ClientStream& client,
+                                                                            RequestParser& parser,
+                                                                            const std::string& host,
+                                                                            uint16_t port) {
   snapshot_ = runtime_.policy.current();
   auto& request = parser.get();
   header_views_.clear();
@@ -278,7 +280,8 @@ awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(
   facts.port = port;
   facts.method = request.method_string();
   facts.path = policy_path;
-  facts.query = question == std::string_view::npos ? std::string_view{} : target.substr(question + 1);
+  facts.query =
+      question == std::string_view::npos ? std::string_view{} : target.substr(question + 1);
   facts.user_agent = request[http::field::user_agent];
   facts.headers = header_views_;
   facts.client = client_ip_;
@@ -291,12 +294,12 @@ awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(
 
   if (decision.action == policy::Action::block) {
     const auto& policy = *snapshot_->policy;
-    webui::BlockInfo info{policy.organisation(), decision.message,
-                          policy::to_string(classification.category), decision.rule, facts.host,
-                          policy.name()};
+    webui::BlockInfo info{
+        policy.organisation(), decision.message, policy::to_string(classification.category),
+        decision.rule,         facts.host,       policy.name()};
     auto page = webui::render_block_page(info, request[http::field::accept]);
     http::response<http::string_body> response{http::status::unavailable_for_legal_reasons,
-                                                request.version()};
+                                               request.version()};
     response.set(http::field::content_type, page.content_type);
     response.set(http::field::cache_control, "no-store");
     response.set("X-Tokgate-Category", policy::to_string(classification.category));
@@ -697,9 +700,8 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
         .kv("client", client_ip_.to_string())
         .kv("host", name)
         .kv("pinned", pinned)
-        .kv("on_pinned", snapshot_->policy->on_pinned() == policy::PinnedAction::refuse
-                             ? "refuse"
-                             : "splice")
+        .kv("on_pinned",
+            snapshot_->policy->on_pinned() == policy::PinnedAction::refuse ? "refuse" : "splice")
         .kv("reason", deadline_.expired() ? std::string("timeout") : cec.message());
     co_return;
   }

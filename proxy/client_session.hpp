@@ -9,13 +9,13 @@
 #include <optional>
 #include <string>
 
+#include "policy/net_types.hpp"
+#include "policy/types.hpp"
 #include "proxy/asio_types.hpp"
 #include "proxy/client_hello.hpp"
 #include "proxy/deadline.hpp"
 #include "proxy/http_relay.hpp"
 #include "proxy/policy_state.hpp"
-#include "policy/net_types.hpp"
-#include "policy/types.hpp"
 
 namespace tokgate::proxy {
 

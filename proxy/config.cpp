@@ -615,8 +615,8 @@ struct SectionSpec {
 constexpr SectionSpec kSections[] = {
     {kSectionProxy, kProxyKeys},       {kSectionCa, kCaKeys},
     {kSectionUpstream, kUpstreamKeys}, {kSectionIntercept, kInterceptKeys},
-    {kSectionPolicy, kPolicyKeys},
-    {kSectionTimeouts, kTimeoutKeys},  {kSectionLimits, kLimitKeys},
+    {kSectionPolicy, kPolicyKeys},     {kSectionTimeouts, kTimeoutKeys},
+    {kSectionLimits, kLimitKeys},
 };
 
 const toml::node* find(const toml::table& root, std::string_view section, std::string_view key) {

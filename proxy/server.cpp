@@ -3,8 +3,8 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <csignal>
-#include <stdexcept>
 #include <functional>
+#include <stdexcept>
 #include <thread>
 
 #include "proxy/log.hpp"
@@ -82,8 +82,7 @@ void Server::bind_admin() {
            ",\"open_connections\":" + std::to_string(active) +
            ",\"leaf_cache\":{\"size\":" + std::to_string(runtime_.leaf_cache.size()) +
            ",\"hits\":" + std::to_string(runtime_.leaf_cache.hits()) +
-           ",\"mints\":" + std::to_string(runtime_.leaf_cache.misses()) + "}" + policy_json() +
-           "}";
+           ",\"mints\":" + std::to_string(runtime_.leaf_cache.misses()) + "}" + policy_json() + "}";
   };
   try {
     admin_ = std::make_unique<webui::AdminServer>(main_io_, to_tcp(configured), std::move(content));
@@ -107,8 +106,9 @@ void Server::reload(std::string_view why) {
         .kv("generation", snapshot->generation);
   } else {
     // The old snapshot stays in force: a typo in the file must not open or close the gates.
-    log::error("policy-reload-failed").kv("trigger", why).kv("reason",
-                                                              runtime_.policy.last_error());
+    log::error("policy-reload-failed")
+        .kv("trigger", why)
+        .kv("reason", runtime_.policy.last_error());
   }
 }
 

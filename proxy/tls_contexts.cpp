@@ -1,8 +1,8 @@
 #include "proxy/tls_contexts.hpp"
 
 #include <openssl/err.h>
-#include <openssl/sslerr.h>
 #include <openssl/ssl.h>
+#include <openssl/sslerr.h>
 #include <openssl/x509v3.h>
 
 #include <algorithm>

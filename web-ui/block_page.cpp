@@ -9,12 +9,23 @@ std::string html_escape(std::string_view text) {
   out.reserve(text.size() + 16);
   for (char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out.push_back(c);
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out.push_back(c);
     }
   }
   return out;
@@ -25,11 +36,21 @@ std::string json_escape(std::string_view text) {
   out.reserve(text.size() + 8);
   for (unsigned char c : text) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20 || c == 0x7f) {
           char buf[8];
@@ -56,7 +77,8 @@ constexpr std::string_view kStyle =
     "background:#f4f5f7;color:#1d2430}"
     "main{max-width:34rem;margin:10vh auto;background:#fff;border-radius:12px;padding:2rem;"
     "box-shadow:0 1px 3px rgba(0,0,0,.12)}"
-    "h1{font-size:1.35rem;margin:0 0 .75rem}.org{color:#5b6472;font-size:.9rem;margin-bottom:1.5rem}"
+    "h1{font-size:1.35rem;margin:0 0 "
+    ".75rem}.org{color:#5b6472;font-size:.9rem;margin-bottom:1.5rem}"
     ".badge{display:inline-block;background:#fde8e8;color:#9b1c1c;border-radius:999px;"
     "padding:.1rem .6rem;font-size:.8rem;font-weight:600;margin-bottom:1rem}"
     "dl{display:grid;grid-template-columns:auto 1fr;gap:.25rem 1rem;font-size:.9rem;"
@@ -80,12 +102,14 @@ BlockPage render_block_page(const BlockInfo& info, std::string_view accept) {
   }
   std::string body;
   body.reserve(2048);
-  body += "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-          "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-          "<title>Blocked by policy</title><style>";
+  body +=
+      "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+      "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+      "<title>Blocked by policy</title><style>";
   body += kStyle;
-  body += "</style></head><body><main><div class=\"badge\">451 Unavailable For Legal Reasons</div>"
-          "<h1>This request was blocked</h1><div class=\"org\">";
+  body +=
+      "</style></head><body><main><div class=\"badge\">451 Unavailable For Legal Reasons</div>"
+      "<h1>This request was blocked</h1><div class=\"org\">";
   body += html_escape(info.organisation);
   body += "</div><p>";
   body += html_escape(info.message);
