@@ -15,6 +15,7 @@
 
 #include "policy/catalog_data.hpp"
 #include "policy/host_pattern.hpp"
+#include "policy/toml_reader.hpp"
 
 namespace tokgate::embedded {
 std::string_view catalog_tiktok_toml();
@@ -39,7 +40,9 @@ constexpr std::array<EmbeddedFile, 3> kEmbeddedFiles{{
 constexpr std::size_t kMaxCatalogFileBytes = 4 * 1024 * 1024;
 constexpr int64_t kMaxStage = 999;
 
-std::string quote(std::string_view s) {
+// Unlike policy::quote_verbatim(), echoes the text whole and unescaped: catalog messages have
+// always shown host names and atoms in full.
+std::string quote_verbatim(std::string_view s) {
   return "'" + std::string(s) + "'";
 }
 
@@ -92,25 +95,6 @@ bool is_ip_literal(std::string_view name) {
          std::all_of(last.begin(), last.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
-std::string_view type_name(const toml::node& node) {
-  switch (node.type()) {
-    case toml::node_type::table:
-      return "a table";
-    case toml::node_type::array:
-      return "an array";
-    case toml::node_type::string:
-      return "a string";
-    case toml::node_type::integer:
-      return "an integer";
-    case toml::node_type::floating_point:
-      return "a float";
-    case toml::node_type::boolean:
-      return "a boolean";
-    default:
-      return "a date/time";
-  }
-}
-
 uint64_t fnv1a(uint64_t h, std::string_view bytes) {
   for (char c : bytes) {
     h ^= static_cast<unsigned char>(c);
@@ -139,8 +123,8 @@ struct Pending {
 class Compiler {
  public:
   void add(const CatalogSource& source) {
-    source_names_.push_back(source.name);
-    std::size_t index = source_names_.size() - 1;
+    readers_.emplace_back(source.name);
+    std::size_t index = readers_.size() - 1;
     toml::table root;
     try {
       root = toml::parse(source.text, source.name);
@@ -163,7 +147,8 @@ class Compiler {
         for (auto& element : *tables) read_signature(index, element);
       } else {
         error(index, key.source(),
-              "unknown key " + quote(key.str()) + " (expected catalog, shared or [[signature]])");
+              "unknown key " + quote_verbatim(key.str()) +
+                  " (expected catalog, shared or [[signature]])");
       }
     }
   }
@@ -179,7 +164,10 @@ class Compiler {
             "too many signatures (" + std::to_string(pending_.size()) + ", at most " +
                 std::to_string(kMaxSignatures) + ")");
     }
-    if (!errors_.empty()) return std::unexpected(report());
+    if (std::any_of(readers_.begin(), readers_.end(),
+                    [](const TomlReader& reader) { return reader.failed(); })) {
+      return std::unexpected(report());
+    }
 
     std::stable_sort(pending_.begin(), pending_.end(), [](const Pending& a, const Pending& b) {
       return std::tie(a.signature.stage, a.signature.load_order) <
@@ -205,31 +193,21 @@ class Compiler {
   }
 
  private:
-  struct Error {
-    std::size_t source;
-    uint32_t line;
-    uint32_t column;
-    std::string text;
-  };
-
   void error(std::size_t source, const toml::source_region& where, std::string text) {
-    errors_.push_back({source, where.begin.line, where.begin.column, std::move(text)});
+    readers_[source].error(where, std::move(text));
   }
 
   std::string origin(std::size_t source, const toml::source_region& where) const {
-    return source_names_[source] + ":" + std::to_string(where.begin.line) + ":" +
-           std::to_string(where.begin.column);
+    return readers_[source].origin(where);
   }
 
-  std::string report() {
-    std::stable_sort(errors_.begin(), errors_.end(), [](const Error& a, const Error& b) {
-      return std::tie(a.source, a.line, a.column) < std::tie(b.source, b.line, b.column);
-    });
+  // Sources in load order, each one's errors by position.
+  std::string report() const {
     std::string out;
-    for (const auto& e : errors_) {
+    for (const auto& reader : readers_) {
+      if (!reader.failed()) continue;
       if (!out.empty()) out += '\n';
-      std::string name = source_names_.empty() ? "catalog" : source_names_[e.source];
-      out += name + ":" + std::to_string(e.line) + ":" + std::to_string(e.column) + ": " + e.text;
+      out += reader.report();
     }
     return out;
   }
@@ -240,7 +218,7 @@ class Compiler {
     const auto* value = node.as_string();
     if (value == nullptr) {
       error(src, node.source(),
-            std::string(what) + ": expected a string, got " + std::string(type_name(node)));
+            std::string(what) + ": expected a string, got " + type_name_with_article(node));
       return std::nullopt;
     }
     std::string_view text = value->get();
@@ -259,7 +237,7 @@ class Compiler {
     if (array == nullptr) {
       error(src, node.source(),
             std::string(what) + ": expected an array of strings, got " +
-                std::string(type_name(node)));
+                type_name_with_article(node));
       return;
     }
     if (array->empty()) {
@@ -276,7 +254,7 @@ class Compiler {
       }
       std::string key = lower(*text);
       if (std::find(seen.begin(), seen.end(), key) != seen.end()) {
-        error(src, element.source(), std::string(what) + ": duplicate " + quote(*text));
+        error(src, element.source(), std::string(what) + ": duplicate " + quote_verbatim(*text));
         continue;
       }
       seen.push_back(std::move(key));
@@ -294,7 +272,7 @@ class Compiler {
       if (key == "description") {
         string(src, value, "catalog.description");
       } else {
-        error(src, key.source(), "unknown key " + quote(key.str()) + " in [catalog]");
+        error(src, key.source(), "unknown key " + quote_verbatim(key.str()) + " in [catalog]");
       }
     }
   }
@@ -311,7 +289,8 @@ class Compiler {
         strings(src, value, "shared.suffixes", [&](std::string_view text, const toml::node& at) {
           auto name = normalize_host(text);
           if (!name) {
-            error(src, at.source(), "shared.suffixes: " + quote(text) + " is not a host name");
+            error(src, at.source(),
+                  "shared.suffixes: " + quote_verbatim(text) + " is not a host name");
             return;
           }
           shared_.push_back({*name, origin(src, at.source())});
@@ -319,7 +298,7 @@ class Compiler {
       } else if (key == "source") {
         has_source = string(src, value, "shared.source").has_value();
       } else {
-        error(src, key.source(), "unknown key " + quote(key.str()) + " in [shared]");
+        error(src, key.source(), "unknown key " + quote_verbatim(key.str()) + " in [shared]");
       }
     }
     if (!has_source) error(src, node.source(), "[shared]: missing 'source'");
@@ -358,18 +337,20 @@ class Compiler {
     strings(src, node, what, [&](std::string_view text, const toml::node& at) {
       if (text.find('*') != std::string_view::npos) {
         error(src, at.source(),
-              std::string(what) + ": " + quote(text) +
+              std::string(what) + ": " + quote_verbatim(text) +
                   ": no wildcards; a suffix already matches every name below it");
         return;
       }
       auto name = normalize_host(text);
       if (!name) {
-        error(src, at.source(), std::string(what) + ": " + quote(text) + " is not a host name");
+        error(src, at.source(),
+              std::string(what) + ": " + quote_verbatim(text) + " is not a host name");
         return;
       }
       if (suffix && (is_ip_literal(*name) || name->find('.') == std::string::npos)) {
         error(src, at.source(),
-              "suffixes: " + quote(text) + ": a suffix needs at least two labels and no address");
+              "suffixes: " + quote_verbatim(text) +
+                  ": a suffix needs at least two labels and no address");
         return;
       }
       if (suffix) {
@@ -386,16 +367,17 @@ class Compiler {
                    std::vector<Shape>& out) {
     strings(src, node, what, [&](std::string_view text, const toml::node& at) {
       if (use == Shape::Use::first_label && text.find('.') != std::string_view::npos) {
-        error(src, at.source(), "first_label: " + quote(text) + ": a label has no dots");
+        error(src, at.source(), "first_label: " + quote_verbatim(text) + ": a label has no dots");
         return;
       }
       if (use == Shape::Use::path && text.front() != '/' && text.front() != '*') {
-        error(src, at.source(), "path: " + quote(text) + ": must start with '/' or '*'");
+        error(src, at.source(), "path: " + quote_verbatim(text) + ": must start with '/' or '*'");
         return;
       }
       auto shape = Shape::parse(text, use);
       if (!shape) {
-        error(src, at.source(), std::string(what) + ": " + quote(text) + ": " + shape.error());
+        error(src, at.source(),
+              std::string(what) + ": " + quote_verbatim(text) + ": " + shape.error());
         return;
       }
       out.push_back(std::move(*shape));
@@ -422,10 +404,12 @@ class Compiler {
         if (auto text = string(src, value, "id")) {
           has_id = true;
           if (!is_kebab(*text)) {
-            error(src, value.source(), "id: " + quote(*text) + " is not kebab-case (a-z, 0-9, -)");
+            error(src, value.source(),
+                  "id: " + quote_verbatim(*text) + " is not kebab-case (a-z, 0-9, -)");
           } else if (auto seen = ids_.find(std::string(*text)); seen != ids_.end()) {
             error(src, value.source(),
-                  "id: duplicate " + quote(*text) + " (first defined at " + seen->second + ")");
+                  "id: duplicate " + quote_verbatim(*text) + " (first defined at " + seen->second +
+                      ")");
           } else {
             ids_.emplace(std::string(*text), origin(src, value.source()));
           }
@@ -438,7 +422,7 @@ class Compiler {
             s.category = *category;
           } else {
             error(src, value.source(),
-                  "category: unknown " + quote(*text) +
+                  "category: unknown " + quote_verbatim(*text) +
                       " (app-api, in-app-browser, media-cdn, web, analytics-sdk, "
                       "app-distribution, auth, live, wechat, bytedance-other or none)");
           }
@@ -470,7 +454,8 @@ class Compiler {
       } else if (k == "family" || k == "within") {
         if (auto text = string(src, value, k)) {
           if (!is_kebab(*text)) {
-            error(src, value.source(), std::string(k) + ": " + quote(*text) + " is not kebab-case");
+            error(src, value.source(),
+                  std::string(k) + ": " + quote_verbatim(*text) + " is not kebab-case");
           } else if (k == "family") {
             p.family = std::string(*text);
           } else {
@@ -490,7 +475,7 @@ class Compiler {
             s.user_agent.push_back(intern_ua(std::move(*shape)));
             check_atom_limit(src, at, s.user_agent.back(), "User-Agent tokens");
           } else {
-            error(src, at.source(), "user_agent: " + quote(text) + ": " + shape.error());
+            error(src, at.source(), "user_agent: " + quote_verbatim(text) + ": " + shape.error());
           }
         });
       } else if (k == "headers") {
@@ -499,7 +484,7 @@ class Compiler {
             s.headers.push_back(intern(header_atoms_, std::move(*atom)));
             check_atom_limit(src, at, s.headers.back(), "header atoms");
           } else {
-            error(src, at.source(), "headers: " + quote(text) + ": " + atom.error());
+            error(src, at.source(), "headers: " + quote_verbatim(text) + ": " + atom.error());
           }
         });
       } else if (k == "query") {
@@ -508,7 +493,7 @@ class Compiler {
             s.query.push_back(intern(query_atoms_, std::move(*atom)));
             check_atom_limit(src, at, s.query.back(), "query atoms");
           } else {
-            error(src, at.source(), "query: " + quote(text) + ": " + atom.error());
+            error(src, at.source(), "query: " + quote_verbatim(text) + ": " + atom.error());
           }
         });
       } else if (k == "methods") {
@@ -516,14 +501,15 @@ class Compiler {
           bool ok = text.size() <= 20 && std::all_of(text.begin(), text.end(),
                                                      [](char c) { return c >= 'A' && c <= 'Z'; });
           if (!ok) {
-            error(src, at.source(), "methods: " + quote(text) + " is not an upper-case method");
+            error(src, at.source(),
+                  "methods: " + quote_verbatim(text) + " is not an upper-case method");
           } else {
             s.methods.emplace_back(text);
           }
         });
       } else {
         error(src, key.source(),
-              "unknown key " + quote(k) +
+              "unknown key " + quote_verbatim(k) +
                   " in [[signature]] (id, category, stage, source, description, evidence_only, "
                   "family, within, hosts, suffixes, first_label, path, query, user_agent, "
                   "headers, methods)");
@@ -538,12 +524,12 @@ class Compiler {
                         !s.query.empty() || !s.user_agent.empty() || !s.headers.empty();
     if (!has_evidence) {
       error(src, node.source(),
-            "[[signature]] " + quote(s.id) +
+            "[[signature]] " + quote_verbatim(s.id) +
                 ": no evidence (hosts, suffixes, first_label, path, query, user_agent or headers)");
     }
     if (!p.family.empty() && !s.has_host()) {
       error(src, node.source(),
-            "[[signature]] " + quote(s.id) + ": 'family' needs hosts or suffixes");
+            "[[signature]] " + quote_verbatim(s.id) + ": 'family' needs hosts or suffixes");
     }
     pending_.push_back(std::move(p));
   }
@@ -615,7 +601,7 @@ class Compiler {
       auto it = std::find(data.families.begin(), data.families.end(), p.within);
       if (it == data.families.end()) {
         error(p.source_index, p.within_where,
-              "within: no signature declares family " + quote(p.within));
+              "within: no signature declares family " + quote_verbatim(p.within));
         continue;
       }
       p.signature.within = static_cast<int>(it - data.families.begin());
@@ -636,8 +622,8 @@ class Compiler {
           for (const auto& shared : shared_) {
             if (is_at_or_below(shared.text, name)) {
               error(p.source_index, where,
-                    quote(name) + " is shared infrastructure (" + quote(shared.text) +
-                        ", declared at " + shared.origin +
+                    quote_verbatim(name) + " is shared infrastructure (" +
+                        quote_verbatim(shared.text) + ", declared at " + shared.origin +
                         "): list exact names below it, or add a first_label/path/query/"
                         "user_agent/headers condition");
               return;
@@ -649,7 +635,7 @@ class Compiler {
             host_only_names.emplace(std::pair{name, suffix}, origin(p.source_index, where));
         if (!inserted) {
           error(p.source_index, where,
-                quote(name) + " is already listed at " + it->second +
+                quote_verbatim(name) + " is already listed at " + it->second +
                     " by another host-only signature");
         }
       };
@@ -660,8 +646,7 @@ class Compiler {
     }
   }
 
-  std::vector<std::string> source_names_;
-  std::vector<Error> errors_;
+  std::vector<TomlReader> readers_;  // one per source, in load order
   std::vector<Pending> pending_;
   std::map<std::string, std::string> ids_;  // id -> origin
   std::vector<Located> shared_;

@@ -10,10 +10,10 @@
 #include <cstring>
 #include <map>
 #include <optional>
-#include <tuple>
 
 #include "policy/host_pattern.hpp"
 #include "policy/net_types.hpp"
+#include "policy/toml_reader.hpp"
 
 namespace tokgate::embedded {
 std::string_view profile_gateway_toml();  // generated from policy/profiles/gateway.toml
@@ -62,13 +62,11 @@ constexpr auto kDefaultBlockMessage = "Access to this service is not permitted o
 // Bounds: a policy is a few KiB written by an operator, but it is still input.
 constexpr std::size_t kMaxPolicyBytes = 4 << 20;
 constexpr std::size_t kMaxRules = 10'000;
-constexpr std::size_t kMaxListLength = 100'000;
 constexpr std::size_t kMaxNameLength = 64;
 constexpr std::size_t kMaxOrganisationLength = 200;
 constexpr std::size_t kMaxMessageLength = 2'000;
 constexpr std::size_t kMaxPatternLength = 1'024;
 constexpr std::size_t kMaxTokenLength = 256;
-constexpr std::size_t kMaxQuoted = 80;  // longest value echoed in an error
 constexpr int64_t kMaxPinnedTableSize = 10'000'000;
 constexpr std::chrono::seconds kMinPinnedMemory{1};
 constexpr std::chrono::seconds kMaxPinnedMemory{7 * 24 * 3600};
@@ -133,68 +131,6 @@ bool is_identifier(std::string_view text) {
            return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                   c == '-' || c == '_' || c == '.';
          });
-}
-
-bool has_control_char(std::string_view text) {
-  return std::any_of(text.begin(), text.end(),
-                     [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
-}
-
-// Echoes a (possibly hostile) value in an error: quoted, escaped, one line, bounded.
-std::string quote(std::string_view text) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out = "'";
-  for (char ch : text.substr(0, kMaxQuoted)) {
-    auto c = static_cast<unsigned char>(ch);
-    if (c == '\\' || c == '\'') {
-      out += '\\';
-      out += ch;
-    } else if (c < 0x20 || c >= 0x7f) {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    } else {
-      out += ch;
-    }
-  }
-  if (text.size() > kMaxQuoted) out += "...";
-  out += '\'';
-  return out;
-}
-
-std::string join(std::span<const std::string_view> items, std::string_view last_separator) {
-  std::string out;
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    if (i > 0) out += i + 1 == items.size() ? last_separator : ", "sv;
-    out += items[i];
-  }
-  return out;
-}
-
-std::string_view type_name(const toml::node& node) {
-  switch (node.type()) {
-    case toml::node_type::table:
-      return "table";
-    case toml::node_type::array:
-      return "array";
-    case toml::node_type::string:
-      return "string";
-    case toml::node_type::integer:
-      return "integer";
-    case toml::node_type::floating_point:
-      return "float";
-    case toml::node_type::boolean:
-      return "boolean";
-    case toml::node_type::date:
-      return "date";
-    case toml::node_type::time:
-      return "time";
-    case toml::node_type::date_time:
-      return "date-time";
-    case toml::node_type::none:
-      break;
-  }
-  return "nothing";
 }
 
 // "<integer><unit>" with unit s, m, h or d, e.g. "10m". No sign, fraction or spaces.
@@ -415,130 +351,8 @@ class PolicyData {
 
 namespace {
 
-struct ParseError {
-  uint32_t line;
-  uint32_t column;
-  std::string text;
-};
-
-// Walks the parsed document into a PolicyData, collecting every error instead of stopping.
-class Loader {
- public:
-  explicit Loader(std::string_view source_name) : source_name_(source_name) {}
-
-  void error(const toml::source_region& where, std::string message) {
-    errors_.push_back({where.begin.line, where.begin.column, std::move(message)});
-  }
-  void error(const toml::node& where, std::string_view what, std::string message) {
-    error(where.source(), std::string(what) + ": " + message);
-  }
-  bool failed() const { return !errors_.empty(); }
-
-  std::string report() {
-    std::stable_sort(errors_.begin(), errors_.end(), [](const ParseError& a, const ParseError& b) {
-      return std::tie(a.line, a.column) < std::tie(b.line, b.column);
-    });
-    std::string out;
-    for (const auto& e : errors_) {
-      if (!out.empty()) out += '\n';
-      out += source_name_ + ":" + std::to_string(e.line) + ":" + std::to_string(e.column) + ": " +
-             e.text;
-    }
-    return out;
-  }
-
-  // Typed accessors: nullopt/nullptr after reporting the problem.
-  std::optional<std::string_view> string(const toml::node& node, std::string_view what,
-                                         std::size_t max_length) {
-    const auto* value = node.as_string();
-    if (value == nullptr) {
-      error(node, what, "expected a string, got " + std::string(type_name(node)));
-      return std::nullopt;
-    }
-    std::string_view text = value->get();
-    if (has_control_char(text)) {
-      error(node, what, "control character in " + quote(text));
-      return std::nullopt;
-    }
-    if (text.size() > max_length) {
-      error(node, what, "longer than " + std::to_string(max_length) + " characters");
-      return std::nullopt;
-    }
-    return text;
-  }
-
-  std::optional<int64_t> integer(const toml::node& node, std::string_view what, int64_t min,
-                                 int64_t max) {
-    const auto* value = node.as_integer();
-    if (value == nullptr) {
-      error(node, what, "expected an integer, got " + std::string(type_name(node)));
-      return std::nullopt;
-    }
-    if (value->get() < min || value->get() > max) {
-      error(node, what,
-            std::to_string(value->get()) + " is out of range (" + std::to_string(min) + ".." +
-                std::to_string(max) + ")");
-      return std::nullopt;
-    }
-    return value->get();
-  }
-
-  const toml::table* table(const toml::node& node, std::string_view what) {
-    const auto* value = node.as_table();
-    if (value == nullptr) {
-      error(node, what, "expected a table, got " + std::string(type_name(node)));
-    }
-    return value;
-  }
-
-  // Calls parse_one(element, text, "what[i]") for each string of a non-empty array.
-  template <typename ParseOne>
-  void strings(const toml::node& node, std::string_view what, std::size_t max_length,
-               ParseOne&& parse_one) {
-    const auto* elements = node.as_array();
-    if (elements == nullptr) {
-      error(node, what, "expected an array of strings, got " + std::string(type_name(node)));
-      return;
-    }
-    if (elements->empty()) {
-      error(node, what, "empty list (leave the key out instead)");
-      return;
-    }
-    if (elements->size() > kMaxListLength) {
-      error(node, what, "more than " + std::to_string(kMaxListLength) + " entries");
-      return;
-    }
-    for (std::size_t i = 0; i < elements->size(); ++i) {
-      const toml::node& element = *elements->get(i);
-      std::string where = std::string(what) + "[" + std::to_string(i) + "]";
-      auto text = string(element, where, max_length);
-      if (!text) continue;
-      if (text->empty()) {
-        error(element, where, "empty string");
-        continue;
-      }
-      parse_one(element, *text, where);
-    }
-  }
-
-  // Reports every key of `table` that `known` does not list.
-  void unknown_keys(const toml::table& table, std::span<const std::string_view> known,
-                    std::string_view where) {
-    for (auto&& [key, node] : table) {
-      if (std::find(known.begin(), known.end(), key.str()) == known.end()) {
-        error(key.source(), "unknown key " + quote(key.str()) + " in " + std::string(where) +
-                                " (expected " + join(known, " or ") + ")");
-      }
-    }
-  }
-
- private:
-  std::string source_name_;
-  std::vector<ParseError> errors_;
-};
-
-std::optional<Action> action_value(Loader& loader, const toml::node& node, std::string_view what,
-                                   std::span<const Action> allowed) {
+std::optional<Action> action_value(TomlReader& loader, const toml::node& node,
+                                   std::string_view what, std::span<const Action> allowed) {
   auto text = loader.string(node, what, kMaxNameLength);
   if (!text) return std::nullopt;
   std::vector<std::string_view> allowed_names;
@@ -561,7 +375,7 @@ std::optional<Action> action_value(Loader& loader, const toml::node& node, std::
 
 // ---- [policy]
 
-void load_policy_section(Loader& loader, PolicyData& data, const toml::table& table) {
+void load_policy_section(TomlReader& loader, PolicyData& data, const toml::table& table) {
   static constexpr std::array kKeys = {kKeyName,           kKeyOrganisation, kKeyDefaultAction,
                                        kKeyBlockMessage,   kKeyOnPinned,     kKeyPinnedMemory,
                                        kKeyPinnedTableSize};
@@ -637,7 +451,7 @@ void load_policy_section(Loader& loader, PolicyData& data, const toml::table& ta
 
 // ---- [intercept]
 
-void load_intercept_section(Loader& loader, PolicyData& data, const toml::table& table) {
+void load_intercept_section(TomlReader& loader, PolicyData& data, const toml::table& table) {
   static constexpr std::array kKeys = {kKeyMode, kKeyExempt};
   loader.unknown_keys(table, kKeys, "[intercept]");
   if (const auto* node = table.get(kKeyMode)) {
@@ -673,7 +487,7 @@ void load_intercept_section(Loader& loader, PolicyData& data, const toml::table&
 
 using ClientGroups = std::map<std::string, std::vector<Cidr>, std::less<>>;
 
-ClientGroups load_client_groups(Loader& loader, const toml::table& table) {
+ClientGroups load_client_groups(TomlReader& loader, const toml::table& table) {
   ClientGroups groups;
   for (auto&& [key, node] : table) {
     std::string group(key.str());
@@ -707,7 +521,7 @@ ClientGroups load_client_groups(Loader& loader, const toml::table& table) {
 
 // ---- [[rules]]
 
-void load_match(Loader& loader, Rule& rule, const toml::table& table, const std::string& what,
+void load_match(TomlReader& loader, Rule& rule, const toml::table& table, const std::string& what,
                 const ClientGroups& groups) {
   static constexpr std::array kKeys = {kKeyCategory,  kKeyHost,   kKeyPath,   kKeyMethod,
                                        kKeyUserAgent, kKeyHeader, kKeyClient, kKeyEvidence};
@@ -863,7 +677,7 @@ struct RuleSite {
   bool matches_everything;
 };
 
-void load_rule(Loader& loader, PolicyData& data, const toml::table& table, std::size_t index,
+void load_rule(TomlReader& loader, PolicyData& data, const toml::table& table, std::size_t index,
                const ClientGroups& groups, std::vector<RuleSite>& seen) {
   static constexpr std::array kKeys = {kKeyName, kKeyAction, kKeyMessage, kKeyMatch};
   static constexpr std::array kActions = {Action::allow,  Action::log,    Action::block,
@@ -956,7 +770,7 @@ void load_rule(Loader& loader, PolicyData& data, const toml::table& table, std::
   data.rules.push_back(std::move(rule));
 }
 
-void load_rules(Loader& loader, PolicyData& data, const toml::node& node,
+void load_rules(TomlReader& loader, PolicyData& data, const toml::node& node,
                 const ClientGroups& groups) {
   const auto* rules = node.as_array();
   if (rules == nullptr) {
@@ -981,7 +795,7 @@ void load_rules(Loader& loader, PolicyData& data, const toml::node& node,
   }
 }
 
-void load_document(Loader& loader, PolicyData& data, const toml::table& root) {
+void load_document(TomlReader& loader, PolicyData& data, const toml::table& root) {
   static constexpr std::array kSections = {kSectionPolicy, kSectionIntercept, kSectionClientGroups,
                                            kSectionRules};
   for (auto&& [key, node] : root) {
@@ -1023,7 +837,7 @@ Policy::~Policy() = default;
 
 std::expected<std::shared_ptr<const Policy>, std::string> Policy::parse(
     std::string_view toml_text, std::string_view source_name) {
-  Loader loader(source_name);
+  TomlReader loader(source_name);
   if (toml_text.size() > kMaxPolicyBytes) {
     return std::unexpected(std::string(source_name) + ": larger than " +
                            std::to_string(kMaxPolicyBytes >> 20) + " MiB");

@@ -568,20 +568,8 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
   }
 
   std::optional<std::string> sni = hello->sni.empty() ? std::nullopt : normalized(hello->sni);
-  if (pinned_refusal) {
-    log::info("connection")
-        .kv("conn", id_)
-        .kv("client", client_ip_.to_string())
-        .kv("host", target.host)
-        .kv("port", target.port)
-        .kv("sni", sni.value_or(""))
-        .kv("category", policy::to_string(decision.category))
-        .kv("rule", decision.rule)
-        .kv("verdict", "refuse");
-    co_await refuse_tls(*hello);
-    co_return;
-  }
-  // Decide on both names: a client cannot dodge a rule by sending a different SNI.
+  // Decide on both names: a client cannot dodge a rule by sending a different SNI. (A pinned
+  // refusal is already the strictest verdict: it stands, and ends in refuse_tls below.)
   if (sni && *sni != target.host) {
     facts.host = *sni;
     auto by_sni = runtime_.decide_connection(*snapshot_, facts);

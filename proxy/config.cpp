@@ -10,9 +10,9 @@
 #include <cstring>
 #include <span>
 #include <system_error>
-#include <tuple>
 
 #include "policy/host_pattern.hpp"
+#include "policy/toml_reader.hpp"
 
 namespace tokgate::embedded {
 std::string_view default_config_toml();  // generated from proxy/default_config.toml
@@ -22,6 +22,9 @@ namespace tokgate::proxy {
 namespace {
 
 using namespace std::literals;
+using policy::escape;
+using policy::quote;
+using policy::type_name;
 
 // The config's vocabulary, in one place.
 constexpr auto kSectionProxy = "proxy"sv;
@@ -67,71 +70,10 @@ constexpr std::size_t kMaxCount = 10'000'000;  // max_connections, leaf_cache
 constexpr std::size_t kMaxResolveAddresses = 32;
 constexpr std::size_t kMaxResolveEntryLength = 4096;
 constexpr std::size_t kMaxConfigFileBytes = 4 << 20;  // a config is a few KiB; refuse absurd files
-constexpr std::size_t kMaxQuoted = 80;                // longest value echoed in an error
 
 constexpr std::size_t KiB = 1024;
 constexpr std::size_t MiB = 1024 * KiB;
 constexpr std::size_t GiB = 1024 * MiB;
-
-// Makes text safe to print on one line: controls and non-ASCII bytes become \xNN; with
-// `quotes`, quotes and backslashes are escaped too.
-std::string escape(std::string_view text, bool quotes) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (char ch : text) {
-    auto c = static_cast<unsigned char>(ch);
-    if (quotes && (c == '\\' || c == '\'')) {
-      out += '\\';
-      out += ch;
-    } else if (c < 0x20 || c >= 0x7f) {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    } else {
-      out += ch;
-    }
-  }
-  return out;
-}
-
-// Echoes a (possibly hostile) value in an error: quoted, escaped, one line, bounded.
-std::string quote(std::string_view text) {
-  std::string out = "'" + escape(text.substr(0, kMaxQuoted), true);
-  if (text.size() > kMaxQuoted) out += "...";
-  out += '\'';
-  return out;
-}
-
-bool has_control_char(std::string_view text) {
-  return std::any_of(text.begin(), text.end(),
-                     [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
-}
-
-std::string_view type_name(const toml::node& node) {
-  switch (node.type()) {
-    case toml::node_type::table:
-      return "table";
-    case toml::node_type::array:
-      return "array";
-    case toml::node_type::string:
-      return "string";
-    case toml::node_type::integer:
-      return "integer";
-    case toml::node_type::floating_point:
-      return "float";
-    case toml::node_type::boolean:
-      return "boolean";
-    case toml::node_type::date:
-      return "date";
-    case toml::node_type::time:
-      return "time";
-    case toml::node_type::date_time:
-      return "date-time";
-    case toml::node_type::none:
-      break;
-  }
-  return "nothing";
-}
 
 std::string format_size(std::size_t bytes) {
   if (bytes >= GiB && bytes % GiB == 0) return std::to_string(bytes / GiB) + "GiB";
@@ -198,94 +140,17 @@ std::expected<PortRange, std::string> parse_port_range(std::string_view text) {
   return PortRange{*first, *last};
 }
 
-struct Error {
-  uint32_t line;
-  uint32_t column;
-  std::string text;
-};
-
 // Walks the parsed document and fills a Config, collecting every error instead of stopping.
-class Loader {
+class Loader : public policy::TomlReader {
  public:
   Loader(std::string_view source_name, std::filesystem::path base_dir)
-      : source_name_(source_name), base_dir_(std::move(base_dir)) {}
-
-  void error(const toml::source_region& where, std::string message) {
-    errors_.push_back({where.begin.line, where.begin.column, std::move(message)});
-  }
-  void error(const toml::node& where, std::string_view what, std::string message) {
-    error(where.source(), std::string(what) + ": " + message);
-  }
-
-  bool failed() const { return !errors_.empty(); }
-
-  std::string report() {
-    std::stable_sort(errors_.begin(), errors_.end(), [](const Error& a, const Error& b) {
-      return std::tie(a.line, a.column) < std::tie(b.line, b.column);
-    });
-    std::string out;
-    for (const auto& e : errors_) {
-      if (!out.empty()) out += '\n';
-      out += source_name_ + ":" + std::to_string(e.line) + ":" + std::to_string(e.column) + ": " +
-             e.text;
-    }
-    return out;
-  }
+      : TomlReader(source_name), base_dir_(std::move(base_dir)) {}
 
   // Relative paths name files next to the config file.
   std::filesystem::path resolve_path(std::string_view text) const {
     std::filesystem::path path(text);
     if (path.is_relative() && !base_dir_.empty()) return base_dir_ / path;
     return path;
-  }
-
-  // Typed accessors: nullopt/nullptr after reporting the type error.
-  std::optional<std::string_view> string(const toml::node& node, std::string_view what) {
-    const auto* value = node.as_string();
-    if (value == nullptr) {
-      error(node, what, "expected a string, got " + std::string(type_name(node)));
-      return std::nullopt;
-    }
-    std::string_view text = value->get();
-    if (has_control_char(text)) {
-      error(node, what, "control character in " + quote(text));
-      return std::nullopt;
-    }
-    return text;
-  }
-
-  std::optional<int64_t> integer(const toml::node& node, std::string_view what, int64_t min,
-                                 int64_t max) {
-    const auto* value = node.as_integer();
-    if (value == nullptr) {
-      error(node, what, "expected an integer, got " + std::string(type_name(node)));
-      return std::nullopt;
-    }
-    if (value->get() < min || value->get() > max) {
-      error(node, what,
-            std::to_string(value->get()) + " is out of range (" + std::to_string(min) + ".." +
-                std::to_string(max) + ")");
-      return std::nullopt;
-    }
-    return value->get();
-  }
-
-  const toml::array* array(const toml::node& node, std::string_view what) {
-    const auto* value = node.as_array();
-    if (value == nullptr) {
-      error(node, what, "expected an array, got " + std::string(type_name(node)));
-    }
-    return value;
-  }
-
-  // Calls parse_one(element, "what[i]") for each element of an array.
-  template <typename ParseOne>
-  void each(const toml::node& node, std::string_view what, ParseOne&& parse_one) {
-    const auto* elements = array(node, what);
-    if (elements == nullptr) return;
-    for (std::size_t i = 0; i < elements->size(); ++i) {
-      parse_one(*elements->get(i), std::string(what) + "[" + std::to_string(i) + "]");
-    }
   }
 
   std::optional<std::filesystem::path> path(const toml::node& node, std::string_view what) {
@@ -299,9 +164,7 @@ class Loader {
   }
 
  private:
-  std::string source_name_;
   std::filesystem::path base_dir_;
-  std::vector<Error> errors_;
 };
 
 using Apply = void (*)(Loader&, Config&, const toml::node&, const std::string& what);
@@ -431,11 +294,7 @@ constexpr KeySpec kCaKeys[] = {
 
 void apply_system_trust(Loader& loader, Config& config, const toml::node& node,
                         const std::string& what) {
-  if (const auto* value = node.as_boolean()) {
-    config.system_trust = value->get();
-  } else {
-    loader.error(node, what, "expected true or false, got " + std::string(type_name(node)));
-  }
+  if (auto value = loader.boolean(node, what)) config.system_trust = *value;
 }
 
 void apply_extra_ca(Loader& loader, Config& config, const toml::node& node,
@@ -507,11 +366,7 @@ void apply_profile(Loader& loader, Config& config, const toml::node& node,
 }
 
 void apply_watch(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
-  if (const auto* value = node.as_boolean()) {
-    config.policy_watch = value->get();
-  } else {
-    loader.error(node, what, "expected true or false, got " + std::string(type_name(node)));
-  }
+  if (auto value = loader.boolean(node, what)) config.policy_watch = *value;
 }
 
 constexpr KeySpec kPolicyKeys[] = {
