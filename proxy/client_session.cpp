@@ -1,5 +1,6 @@
 #include "proxy/client_session.hpp"
 
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -11,10 +12,12 @@
 
 #include "certs/openssl_ptr.hpp"
 #include "policy/host_pattern.hpp"
+#include "proxy/h2_connection.hpp"
 #include "proxy/log.hpp"
 #include "proxy/resolver.hpp"
 #include "proxy/runtime.hpp"
 #include "proxy/tls_contexts.hpp"
+#include "proxy/websocket_relay.hpp"
 #include "proxy/worker.hpp"
 #include "web-ui/block_page.hpp"
 
@@ -72,6 +75,21 @@ bool is_disconnect(const error_code& ec) {
   return ec == asio::error::eof || ec == asio::error::connection_reset ||
          ec == asio::error::broken_pipe || ec == asio::ssl::error::stream_truncated ||
          ec == http::error::end_of_stream || ec == http::error::partial_message;
+}
+
+// RFC 6455 section 4.1: GET with "Upgrade: websocket" and "Connection: upgrade".
+bool is_websocket_upgrade(const http::request<http::buffer_body>& request) {
+  if (request.method() != http::verb::get) return false;
+  bool connection_upgrade = false;
+  for (const auto& token : http::token_list{request[http::field::connection]}) {
+    if (beast::iequals(token, "upgrade")) connection_upgrade = true;
+  }
+  if (!connection_upgrade) return false;
+  std::string_view upgrade = request[http::field::upgrade];
+  for (std::size_t at = 0; at + 9 <= upgrade.size(); ++at) {
+    if (beast::iequals(upgrade.substr(at, 9), "websocket")) return true;
+  }
+  return false;
 }
 
 ConnectionVerdict stricter(ConnectionVerdict a, ConnectionVerdict b) {
@@ -152,7 +170,11 @@ awaitable<void> ClientSession::run(std::unique_ptr<ClientSession> self) {
 
 void ClientSession::close_if_idle() {
   closing_ = true;
-  if (idle_) cancel_io();
+  if (client_h2_ != nullptr) {
+    client_h2_->shutdown_gracefully();  // GOAWAY: open streams finish, no new ones
+  } else if (idle_) {
+    cancel_io();
+  }
 }
 
 void ClientSession::cancel_io() {
@@ -257,36 +279,55 @@ std::optional<std::string> host_of(std::string_view host_header) {
 }
 }  // namespace
 
+ClientSession::RequestJudgement ClientSession::judge_request(
+    std::string_view method, std::string_view host_header, std::string_view target,
+    std::string_view user_agent, std::span<const policy::HeaderView> headers,
+    const std::string& fallback_host, uint16_t port) {
+  RequestJudgement judgement;
+  judgement.snapshot = runtime_.policy.current();
+  // Classify by the Host the origin will act on (it may differ from the SNI: domain fronting);
+  // without one, by the name we connected to.
+  std::optional<std::string> host = host_of(host_header);
+  judgement.host = host ? *host : fallback_host;
+  auto question = target.find('?');
+  judgement.path = normalized_path_for_policy(target.substr(0, question));
+  policy::RequestFacts facts;
+  facts.host = judgement.host;
+  facts.port = port;
+  facts.method = method;
+  facts.path = judgement.path;
+  facts.query =
+      question == std::string_view::npos ? std::string_view{} : target.substr(question + 1);
+  facts.user_agent = user_agent;
+  facts.headers = headers;
+  facts.client = client_ip_;
+  judgement.classification = judgement.snapshot->catalog->classify(facts);
+  judgement.decision = judgement.snapshot->policy->decide_request(facts, judgement.classification);
+  return judgement;
+}
+
 template <class ClientStream>
 awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(ClientStream& client,
                                                                             RequestParser& parser,
                                                                             const std::string& host,
                                                                             uint16_t port) {
-  snapshot_ = runtime_.policy.current();
   auto& request = parser.get();
   header_views_.clear();
   for (const auto& field : request) {
     if (header_views_.size() >= 256) break;  // the parser's header limit bounds this anyway
     header_views_.push_back({field.name_string(), field.value()});
   }
-  // Classify by the Host the origin will act on (it may differ from the SNI: domain fronting);
-  // without one, by the name we connected to.
-  std::optional<std::string> host_header = host_of(request[http::field::host]);
-  std::string_view target = request.target();
-  auto question = target.find('?');
-  const std::string policy_path = normalized_path_for_policy(target.substr(0, question));
-  policy::RequestFacts facts;
-  facts.host = host_header ? std::string_view(*host_header) : std::string_view(host);
-  facts.port = port;
-  facts.method = request.method_string();
-  facts.path = policy_path;
-  facts.query =
-      question == std::string_view::npos ? std::string_view{} : target.substr(question + 1);
-  facts.user_agent = request[http::field::user_agent];
-  facts.headers = header_views_;
-  facts.client = client_ip_;
-  policy::Classification classification = snapshot_->catalog->classify(facts);
-  policy::RequestDecision decision = snapshot_->policy->decide_request(facts, classification);
+  RequestJudgement judgement =
+      judge_request(request.method_string(), request[http::field::host], request.target(),
+                    request[http::field::user_agent], header_views_, host, port);
+  snapshot_ = judgement.snapshot;
+  const policy::Classification& classification = judgement.classification;
+  const policy::RequestDecision& decision = judgement.decision;
+  struct {
+    std::string_view host;
+    std::string_view method;
+    std::string_view path;
+  } facts{judgement.host, request.method_string(), judgement.path};
   label_.category = classification.category;
   label_.action = decision.action;
   label_.rule = decision.rule;
@@ -629,15 +670,38 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
   std::optional<std::string> sni = hello.sni.empty() ? std::nullopt : normalized(hello.sni);
   const std::string name = sni.value_or(target.host);
 
-  TlsStream server(std::move(server_socket), worker_.tls().server_side());
+  // The origin gets the protocols the client offered; if it refuses them all, a second
+  // connection offers the one we can translate to.
+  std::optional<TlsStream> server_stream;
+  server_stream.emplace(std::move(server_socket), worker_.tls().server_side());
+  error_code sec;
+  for (int attempt = 0;; ++attempt) {
+    TlsStream& attempt_stream = *server_stream;
+    server_lowest_ = &attempt_stream.next_layer();
+    auto offer = server_side_alpn_offer(hello.alpn, attempt > 0);
+    prepare_server_side_tls(attempt_stream.native_handle(), name, offer);
+    deadline_.set(config_.timeouts.tls_handshake, "server-tls-handshake");
+    std::tie(sec) =
+        co_await attempt_stream.async_handshake(asio::ssl::stream_base::client, use_nothrow);
+    const bool refused_protocols = sec && sec.category() == asio::error::get_ssl_category() &&
+                                   ERR_GET_REASON(static_cast<unsigned long>(sec.value())) ==
+                                       SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL;
+    if (!refused_protocols || attempt > 0 || deadline_.expired()) break;
+    tcp::socket retry_socket(client_socket_.get_executor());
+    server_lowest_ = &retry_socket;
+    Resolver resolver(client_socket_.get_executor(), config_.resolve);
+    deadline_.set(config_.timeouts.connect, "connect");
+    auto endpoints = co_await resolver.resolve(target.host, target.port);
+    if (!endpoints) break;
+    auto connected = co_await connect_any(retry_socket, *endpoints, target.host);
+    if (!connected) break;
+    server_stream.emplace(std::move(retry_socket), worker_.tls().server_side());
+  }
+  TlsStream& server = *server_stream;
   server_lowest_ = &server.next_layer();
-  auto offer = server_side_alpn_offer(hello.alpn);
-  prepare_server_side_tls(server.native_handle(), name, offer);
-  deadline_.set(config_.timeouts.tls_handshake, "server-tls-handshake");
-  auto [sec] = co_await server.async_handshake(asio::ssl::stream_base::client, use_nothrow);
   std::optional<Failure> server_failure;
   certs::X509Ptr origin_certificate;
-  std::string alpn_choice;
+  std::string origin_protocol = "http/1.1";
   if (sec) {
     server_failure =
         deadline_.expired()
@@ -649,14 +713,16 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
         .kv("conn", id_)
         .kv("host", name)
         .kv("reason", server_failure->reason);
-    if (std::ranges::find(hello.alpn, "http/1.1") != hello.alpn.end()) alpn_choice = "http/1.1";
   } else {
     origin_certificate.reset(SSL_get1_peer_certificate(server.native_handle()));
     const unsigned char* selected = nullptr;
     unsigned selected_length = 0;
     SSL_get0_alpn_selected(server.native_handle(), &selected, &selected_length);
-    alpn_choice.assign(reinterpret_cast<const char*>(selected), selected_length);
+    if (selected_length > 0) {
+      origin_protocol.assign(reinterpret_cast<const char*>(selected), selected_length);
+    }
   }
+  std::string alpn_choice = client_side_alpn_choice(hello.alpn, origin_protocol);
 
   auto leaf = runtime_.leaf_cache.get(leaf_request_for(name, origin_certificate.get()));
   if (!leaf) {
@@ -693,8 +759,19 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
         .kv("reason", deadline_.expired() ? std::string("timeout") : cec.message());
     co_return;
   }
-  log::info("intercepted").kv("conn", id_).kv("host", name).kv("alpn", alpn_choice);
-  co_await serve_intercepted(client, server, server_failure, name, target.port);
+  const bool client_h2 = alpn_choice == "h2";
+  const bool server_h2 = !server_failure && origin_protocol == "h2";
+  log::info("intercepted")
+      .kv("conn", id_)
+      .kv("host", name)
+      .kv("client_alpn", client_h2 ? "h2" : "http/1.1")
+      .kv("server_alpn", server_failure ? "none" : origin_protocol);
+  if (client_h2 || server_h2) {
+    co_await serve_multiplexed(client, server, client_h2, server_h2, server_failure, name,
+                               target.port);
+  } else {
+    co_await serve_intercepted(client, server, server_failure, name, target.port);
+  }
 
   // Tell the client we are done (close_notify), within a small budget; the server side is
   // simply closed, as a browser would.
@@ -757,6 +834,64 @@ awaitable<void> ClientSession::serve_intercepted(ClientStream& client, ServerStr
 }
 
 template <class ClientStream, class ServerStream>
+awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::relay_upgraded(
+    ClientStream& client, beast::flat_buffer& client_buffer, ServerStream& server,
+    beast::flat_buffer& server_buffer, ResponseParser& response_parser, const std::string& method,
+    const std::string& path, bool& response_started) {
+  auto& response = response_parser.get();
+  strip_hop_by_hop(response);
+  response.set(http::field::connection, "Upgrade");
+  response.set(http::field::upgrade, "websocket");
+  http::response<http::empty_body> switching(std::move(response.base()));
+  deadline_.set(config_.timeouts.io_stall, "response-send");
+  response_started = true;
+  auto [wec, wn] = co_await http::async_write(client, switching, use_nothrow);
+  log::info("request")
+      .kv("conn", id_)
+      .kv("method", method)
+      .kv("host", label_.host)
+      .kv("path", path)
+      .kv("status", 101)
+      .kv("category", policy::to_string(label_.category))
+      .kv("action", policy::to_string(label_.action))
+      .kv("rule", label_.rule)
+      .kv("client_proto", "http/1.1")
+      .kv("server_proto", "http/1.1")
+      .kv("upgrade", "websocket");
+  if (wec) co_return ExchangeResult{false, false};
+  // Bytes read past either head already belong to the WebSocket.
+  auto client_bytes = client_buffer.data();
+  auto server_bytes = server_buffer.data();
+  std::span<const uint8_t> client_pending(static_cast<const uint8_t*>(client_bytes.data()),
+                                          client_bytes.size());
+  std::span<const uint8_t> server_pending(static_cast<const uint8_t*>(server_bytes.data()),
+                                          server_bytes.size());
+  std::span<char> buffer(chunk_.get(), config_.limits.relay_buffer_bytes);
+  deadline_.set(config_.timeouts.idle, "websocket-idle");
+  idle_ = false;
+  WebSocketRelayResult result =
+      co_await relay_websocket(client, server, client_pending, server_pending, buffer, deadline_,
+                               config_.timeouts.idle, config_.limits.websocket_frame_bytes);
+  auto line = log::info("websocket-closed");
+  line.kv("conn", id_)
+      .kv("host", label_.host)
+      .kv("path", path)
+      .kv("category", policy::to_string(label_.category))
+      .kv("messages_up", result.up.messages)
+      .kv("messages_down", result.down.messages)
+      .kv("bytes_up", result.up.data_bytes())
+      .kv("control_frames_up", result.up.control_frames)
+      .kv("bytes_down", result.down.data_bytes())
+      .kv("control_frames_down", result.down.control_frames)
+      .kv("frames_up", result.up.frames)
+      .kv("frames_down", result.down.frames);
+  if (result.close_code_up) line.kv("close_code_up", *result.close_code_up);
+  if (result.close_code_down) line.kv("close_code_down", *result.close_code_down);
+  if (!result.error.empty()) line.kv("error", result.error);
+  co_return ExchangeResult{false, false};
+}
+
+template <class ClientStream, class ServerStream>
 awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::exchange(
     ClientStream& client, beast::flat_buffer& client_buffer, RequestParser& request_parser,
     ServerStream& server, beast::flat_buffer& server_buffer, bool& response_started) {
@@ -769,7 +904,13 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   std::string path(request.target());
   if (auto q = path.find('?'); q != std::string::npos) path.resize(q);  // queries stay out of logs
 
+  // A WebSocket handshake keeps its Upgrade (and nothing else the Connection header names).
+  const bool websocket_upgrade = is_websocket_upgrade(request);
   strip_hop_by_hop(request);
+  if (websocket_upgrade) {
+    request.set(http::field::connection, "Upgrade");
+    request.set(http::field::upgrade, "websocket");
+  }
   request.version(11);
   request.body().data = nullptr;
   request.body().size = 0;
@@ -821,8 +962,11 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
       auto& head = response_parser->get();
       unsigned status = head.result_int();
       if (status == 101) {
+        if (websocket_upgrade && beast::iequals(head[http::field::upgrade], "websocket")) {
+          co_return std::nullopt;
+        }
         co_return Failure{http::status::bad_gateway, "upstream-protocol",
-                          "protocol upgrades are not relayed yet"};
+                          "the origin switched to a protocol other than the WebSocket asked for"};
       }
       if (status >= 200) co_return std::nullopt;
       if (interim >= 8) {
@@ -867,6 +1011,10 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
 
   auto& response = response_parser->get();
   const unsigned status = response.result_int();
+  if (status == 101) {
+    co_return co_await relay_upgraded(client, client_buffer, server, server_buffer,
+                                      *response_parser, method, path, response_started);
+  }
   const bool server_reusable = response.keep_alive() && !response_parser->need_eof() &&
                                request_result.outcome == BodyOutcome::done;
   bool client_keep_alive = client_wants_keep_alive && request_parser.is_done() &&
@@ -910,7 +1058,9 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
       .kv("ms", elapsed.count())
       .kv("category", policy::to_string(label_.category))
       .kv("action", policy::to_string(label_.action))
-      .kv("rule", label_.rule);
+      .kv("rule", label_.rule)
+      .kv("client_proto", "http/1.1")
+      .kv("server_proto", "http/1.1");
   if (response_result.outcome != BodyOutcome::done) {
     line.kv("error", response_result.outcome == BodyOutcome::read_failed ? "server-body-failed"
                                                                          : "client-body-failed")
@@ -920,5 +1070,12 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   }
   co_return ExchangeResult{client_keep_alive, server_reusable};
 }
+
+// The HTTP/1.1 steps client_session_mux.cpp reuses for an HTTP/1.1 client of an HTTP/2 origin.
+template awaitable<bool> ClientSession::read_request_head(TlsStream&, beast::flat_buffer&,
+                                                          RequestParser&, bool);
+template awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(
+    TlsStream&, RequestParser&, const std::string&, uint16_t);
+template awaitable<void> ClientSession::send_failure(TlsStream&, unsigned, bool);
 
 }  // namespace tokgate::proxy

@@ -12,6 +12,7 @@
 #include "policy/net_types.hpp"
 #include "policy/types.hpp"
 #include "proxy/asio_types.hpp"
+#include "proxy/body_pipe.hpp"
 #include "proxy/client_hello.hpp"
 #include "proxy/deadline.hpp"
 #include "proxy/http_relay.hpp"
@@ -22,6 +23,10 @@ namespace tokgate::proxy {
 class Worker;
 struct Runtime;
 struct Config;
+class H2Connection;
+struct H2Stream;
+struct OriginRequest;
+struct OriginResponse;
 
 class ClientSession {
  public:
@@ -63,6 +68,12 @@ class ClientSession {
   awaitable<std::expected<ExchangeResult, Failure>> exchange(
       ClientStream& client, beast::flat_buffer& client_buffer, RequestParser& request,
       ServerStream& server, beast::flat_buffer& server_buffer, bool& response_started);
+  // After a 101 to a WebSocket handshake: relay the frames both ways until either side ends.
+  template <class ClientStream, class ServerStream>
+  awaitable<std::expected<ExchangeResult, Failure>> relay_upgraded(
+      ClientStream& client, beast::flat_buffer& client_buffer, ServerStream& server,
+      beast::flat_buffer& server_buffer, ResponseParser& response_parser, const std::string& method,
+      const std::string& path, bool& response_started);
   enum class PolicyOutcome { forward, answered, close };
   // The request stage: classify, decide, and answer a blocked request with a 451 page.
   template <class ClientStream>
@@ -75,6 +86,35 @@ class ClientSession {
   awaitable<void> serve_intercepted(ClientStream& client, ServerStream& server,
                                     const std::optional<Failure>& server_failure,
                                     const std::string& name, uint16_t port);
+
+  // The request stage for every protocol: classification and the policy's decision. The views
+  // in `decision` point into `snapshot`, which the judgement keeps alive.
+  struct RequestJudgement {
+    std::shared_ptr<const PolicySnapshot> snapshot;
+    std::string host;  // normalized: the name the policy looked at
+    std::string path;  // normalized, without the query
+    policy::Classification classification;
+    policy::RequestDecision decision;
+  };
+  RequestJudgement judge_request(std::string_view method, std::string_view host_header,
+                                 std::string_view target, std::string_view user_agent,
+                                 std::span<const policy::HeaderView> headers,
+                                 const std::string& fallback_host, uint16_t port);
+
+  // HTTP/2 on either leg (client_session_mux.cpp).
+  struct MuxState;
+  awaitable<void> serve_multiplexed(TlsStream& client, TlsStream& server, bool client_h2,
+                                    bool server_h2, const std::optional<Failure>& server_failure,
+                                    const std::string& name, uint16_t port);
+  awaitable<void> serve_h2_stream(MuxState& mux, H2Stream& stream);
+  awaitable<void> serve_h1_via_h2(MuxState& mux, TlsStream& client);
+  awaitable<void> exchange_with_origin(MuxState& mux, OriginRequest& request,
+                                       OriginResponse& response, Deadline& deadline,
+                                       std::span<char> chunk);
+  awaitable<void> respond_h2(MuxState& mux, H2Stream& stream, const OriginRequest& request,
+                             OriginResponse& response);
+  awaitable<void> answer_h2(H2Stream& stream, H2Connection& client, unsigned status,
+                            const HeaderList& fields, std::string body);
 
   std::optional<Failure> check_request(const RequestParser& parser) const;
   Failure timeout_failure(std::string_view what) const;
@@ -102,6 +142,7 @@ class ClientSession {
   Failure failure_;  // the error response being sent (see send_failure)
   bool idle_ = true;
   bool closing_ = false;
+  H2Connection* client_h2_ = nullptr;     // set while the client speaks HTTP/2 (for drain)
   tcp::socket* client_lowest_ = nullptr;  // whatever layer currently owns the client socket
   tcp::socket* server_lowest_ = nullptr;
   std::unique_ptr<char[]> chunk_;  // relay buffer, one per connection

@@ -53,6 +53,7 @@ struct Limits {
   std::size_t relay_buffer_bytes = 64 * 1024;  // per direction, per connection
   std::size_t max_connections = 10'000;        // per process
   std::size_t leaf_cache_entries = 10'000;
+  std::size_t websocket_frame_bytes = 16 * 1024 * 1024;  // largest WebSocket frame payload
 };
 
 struct Config {

@@ -182,10 +182,34 @@ certs::LeafRequest leaf_request_for(const std::string& requested_name, X509* ori
   return request;
 }
 
-std::vector<std::string> server_side_alpn_offer(std::span<const std::string> client_alpn) {
-  // HTTP/2 arrives with its own issue; until then both legs speak HTTP/1.1 whatever was offered.
-  (void)client_alpn;
-  return {"http/1.1"};
+std::vector<std::string> server_side_alpn_offer(std::span<const std::string> client_alpn,
+                                                bool retry) {
+  // What the client offered, in its order, of what we can relay; the origin then chooses what
+  // the client would have got. A client without ALPN speaks HTTP/1.1. On a retry (the origin
+  // refused every protocol offered) we offer the one we can translate to instead.
+  std::vector<std::string> offer;
+  for (const auto& protocol : client_alpn) {
+    if ((protocol == "h2" || protocol == "http/1.1") &&
+        std::ranges::find(offer, protocol) == offer.end()) {
+      offer.push_back(protocol);
+    }
+  }
+  if (offer.empty()) offer.push_back("http/1.1");
+  if (!retry) return offer;
+  std::vector<std::string> other;
+  for (std::string_view protocol : {"h2", "http/1.1"}) {
+    if (std::ranges::find(offer, protocol) == offer.end()) other.emplace_back(protocol);
+  }
+  return other;
+}
+
+std::string client_side_alpn_choice(std::span<const std::string> client_alpn,
+                                    std::string_view origin_protocol) {
+  const bool offers_h2 = std::ranges::find(client_alpn, "h2") != client_alpn.end();
+  const bool offers_h1 = std::ranges::find(client_alpn, "http/1.1") != client_alpn.end();
+  if (offers_h2 && (origin_protocol == "h2" || !offers_h1)) return "h2";
+  if (offers_h1) return "http/1.1";
+  return {};  // no ALPN from the client: HTTP/1.1 without saying so
 }
 
 }  // namespace tokgate::proxy

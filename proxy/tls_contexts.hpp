@@ -50,7 +50,15 @@ std::string describe_server_tls_failure(SSL* ssl, const error_code& ec);
 // and IP addresses of the origin's certificate, so the client sees what it would have seen.
 certs::LeafRequest leaf_request_for(const std::string& requested_name, X509* origin_certificate);
 
-// The protocols the server side may offer: for now HTTP/1.1 only, whatever else the client asked.
-std::vector<std::string> server_side_alpn_offer(std::span<const std::string> client_alpn);
+// The protocols to offer the origin for a client that offered `client_alpn`: its own choices
+// among h2 and http/1.1 (HTTP/1.1 when it offered none); with `retry`, the other ones.
+std::vector<std::string> server_side_alpn_offer(std::span<const std::string> client_alpn,
+                                                bool retry = false);
+
+// The protocol to speak with the client once the origin chose `origin_protocol` ("h2",
+// "http/1.1"): the same when the client offered it, else the one the client offered (the proxy
+// translates); empty when the client offered no ALPN.
+std::string client_side_alpn_choice(std::span<const std::string> client_alpn,
+                                    std::string_view origin_protocol);
 
 }  // namespace tokgate::proxy

@@ -10,6 +10,8 @@ packages=(
   libssl-dev libnghttp2-dev libtomlplusplus-dev libmaxminddb-dev libgtest-dev
   # run and test: real clients and tools on loopback
   ca-certificates openssl curl nghttp2-client python3
+  # HTTP/2 and WebSocket tests: the test origin and h2 client (stdlib only, no npm)
+  nodejs
 )
 
 missing=()

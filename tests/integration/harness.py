@@ -916,13 +916,13 @@ def describe_command(result):
         result.stderr.decode(errors="replace")[-3000:])
 
 
-def tls_client_context(cafile=None, verify=True):
+def tls_client_context(cafile=None, verify=True, alpn=("http/1.1",)):
     import ssl
     context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(list(alpn))
     return context
 
 
@@ -937,7 +937,7 @@ def tunnel_connection(proxy_port, host, port, cafile, timeout=15.0):
 
 
 def tls_through_connect(proxy_port, connect_authority, servername, cafile=None, verify=True,
-                        timeout=15.0):
+                        timeout=15.0, alpn=("http/1.1",)):
     """CONNECT `connect_authority` through the proxy, then a TLS handshake with SNI
     `servername`. Returns ("ok", ssl socket) or ("connect", RawResponse) when the CONNECT was
     answered with a non-2xx, or ("tls", the ssl.SSLError/OSError) when the handshake failed."""
@@ -952,7 +952,7 @@ def tls_through_connect(proxy_port, connect_authority, servername, cafile=None, 
             return "connect", response
         if raw.buffer:
             raise AssertionError("bytes after the CONNECT answer: %r" % raw.buffer[:200])
-        context = tls_client_context(cafile, verify)
+        context = tls_client_context(cafile, verify, alpn)
         try:
             tls = context.wrap_socket(raw.sock, server_hostname=servername)
         except (ssl.SSLError, OSError) as error:
@@ -1024,3 +1024,268 @@ def profile_settings(profile):
     import tomllib
     with open(REPO_ROOT / "policy" / "profiles" / ("%s.toml" % profile), "rb") as f:
         return tomllib.load(f).get("policy", {})
+
+
+# --- HTTP/2 and WebSocket (issue 4): the Node origin and client, memory, a CONNECT forwarder --
+
+H2ORIGIN_SCRIPT = HERE / "h2origin.mjs"
+H2CLIENT_SCRIPT = HERE / "h2client.mjs"
+
+
+def node_binary():
+    """The Node.js interpreter (Debian names it both node and nodejs)."""
+    path = shutil.which("node") or shutil.which("nodejs")
+    if not path:
+        raise AssertionError("node not found (scripts/install-deps.sh installs nodejs)")
+    return path
+
+
+class NodeOrigin:
+    """h2origin.mjs in its own process: an HTTPS origin speaking h2 only (mode "h2"), HTTP/1.1
+    only ("h1") or both ("both"), with the PKI's good certificate; or cleartext HTTP/1.1
+    (plain=True). Its stdout is one JSON event per line (ready, connection, request,
+    request-end, response-end, ws-closed)."""
+
+    def __init__(self, pki, mode="both", plain=False):
+        self.mode = "plain" if plain else mode
+        cmd = [node_binary(), str(H2ORIGIN_SCRIPT), "--port", "0"]
+        if plain:
+            cmd.append("--plain")
+        else:
+            cmd += ["--cert", str(pki.cert_dir / "good.pem"), "--key",
+                    str(pki.cert_dir / "good.key"), "--mode", mode]
+        self.process = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=None if _verbose() else subprocess.DEVNULL, env=clean_env())
+        try:
+            self.log = LineCollector(self.process.stdout, "h2origin-%s" % self.mode)
+            ready = json.loads(self.log.wait_for(lambda l: '"ready"' in l, STARTUP_TIMEOUT,
+                                                 "h2origin ready"))
+        except BaseException:
+            self.stop()
+            raise
+        self.port = ready["port"]
+
+    def mark(self):
+        """The index of the next event: pass it as `start` to look only at later events."""
+        return len(self.log.snapshot())
+
+    def events(self, start=0, **match):
+        """Parsed events from index `start` whose fields equal every key=value given."""
+        out = []
+        for line in self.log.snapshot()[start:]:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if all(event.get(k) == v for k, v in match.items()):
+                out.append(event)
+        return out
+
+    def requests(self, start=0, **match):
+        return self.events(start, event="request", **match)
+
+    def connections(self, start=0):
+        return self.events(start, event="connection")
+
+    def wait_for_event(self, timeout=10.0, start=0, **match):
+        def matches(line):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                return False
+            return all(event.get(k) == v for k, v in match.items())
+        return json.loads(self.log.wait_for(matches, timeout, "h2origin event %r" % match,
+                                            start=start))
+
+    def stop(self):
+        _stop_process(self.process, timeout=5)
+        if self.process.stdout:
+            self.process.stdout.close()
+
+
+@dataclass
+class H2ClientRun:
+    returncode: int
+    events: list
+    stderr: str
+    plan: dict
+
+    def of(self, kind):
+        return [e for e in self.events if e.get("event") == kind]
+
+    @property
+    def session(self):
+        found = self.of("session")
+        return found[0] if found else {}
+
+    @property
+    def responses(self):
+        """Per-request results, in the order of the plan's requests."""
+        return sorted(self.of("response"), key=lambda e: e["index"])
+
+    @property
+    def websocket(self):
+        found = self.of("websocket")
+        return found[0] if found else None
+
+    @property
+    def done(self):
+        found = self.of("done")
+        return found[0] if found else {}
+
+    def describe(self):
+        shown = json.dumps(self.events, sort_keys=True)
+        return "h2client exit %d\nplan: %s\nevents: %s\nstderr: %s" % (
+            self.returncode, json.dumps(self.plan)[:1500], shown[:6000], self.stderr[-2000:])
+
+
+def h2client(plan, scratch, timeout=90):
+    """Runs h2client.mjs with `plan` (a dict; see the script's header) and returns its events."""
+    plan = dict(plan)
+    plan.setdefault("timeout_ms", int(timeout * 1000) - 5000)
+    scratch = Path(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    plan_path = scratch / ("h2client-plan-%s.json" % secrets.token_hex(4))
+    plan_path.write_text(json.dumps(plan))
+    result = subprocess.run([node_binary(), str(H2CLIENT_SCRIPT), str(plan_path)],
+                            capture_output=True, timeout=timeout, env=clean_env())
+    events = []
+    for line in result.stdout.decode(errors="replace").splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            pass
+    return H2ClientRun(result.returncode, events, result.stderr.decode(errors="replace"), plan)
+
+
+def process_memory(pid):
+    """{"rss": bytes, "hwm": bytes} of a live process, from /proc/PID/status (VmRSS, VmHWM);
+    None once it is gone."""
+    try:
+        text = Path("/proc/%d/status" % pid).read_text()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            out["rss" if name == "VmRSS" else "hwm"] = int(value.split()[0]) * 1024
+    return out if "rss" in out else None
+
+
+class RssSampler:
+    """Samples a process's VmRSS every `interval` seconds in a thread, between start() and
+    stop(); keeps the peak."""
+
+    def __init__(self, pid, interval=0.1):
+        self.pid = pid
+        self.interval = interval
+        self.samples = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            memory = process_memory(self.pid)
+            if memory:
+                self.samples.append(memory["rss"])
+            self._stop.wait(self.interval)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak
+
+    @property
+    def peak(self):
+        return max(self.samples) if self.samples else None
+
+
+class ConnectForwarder:
+    """A loopback listener for clients that cannot use a proxy (nghttp): every connection it
+    accepts is tunnelled through `CONNECT target` on the proxy, then bytes are piped both ways.
+    The CONNECT answers it got are kept in `answers` (status codes)."""
+
+    def __init__(self, proxy_port, target, timeout=30.0):
+        self.proxy_port = proxy_port
+        self.target = target
+        self.timeout = timeout
+        self.answers = []
+        self._sockets = []
+        self._lock = threading.Lock()
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
+        with self._lock:
+            self._sockets.append(client)
+        try:
+            server = RawConnection(self.proxy_port, timeout=self.timeout)
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._sockets.append(server.sock)
+        authority = self.target.encode()
+        server.send(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (authority, authority))
+        try:
+            response = server.read_response(connect=True)
+        except (AssertionError, OSError):
+            response = None
+        self.answers.append(response.status if response else None)
+        if response is None or not 200 <= response.status < 300:
+            client.close()
+            server.close()
+            return
+        if server.buffer:
+            client.sendall(server.buffer)
+        pumps = [threading.Thread(target=self._pump, args=(client, server.sock), daemon=True),
+                 threading.Thread(target=self._pump, args=(server.sock, client), daemon=True)]
+        for pump in pumps:
+            pump.start()
+        for pump in pumps:
+            pump.join(self.timeout * 4)
+        client.close()
+        server.close()
+
+    @staticmethod
+    def _pump(source, sink):
+        try:
+            source.settimeout(None)
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        try:
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        self.listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.close()
+                except OSError:
+                    pass

@@ -1,0 +1,126 @@
+// One HTTP/2 connection over TLS, framed by nghttp2 and driven by Asio on the connection's
+// worker: a server session toward a client or a client session toward an origin. Bodies enter
+// and leave through BodyPipes, and flow-control window is returned to the peer only when the
+// other leg has taken the bytes, so a slow reader slows the writer instead of filling memory.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <expected>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "proxy/asio_types.hpp"
+#include "proxy/body_pipe.hpp"
+
+struct nghttp2_session;
+
+namespace tokgate::proxy {
+
+// One stream as both legs see it. Shared between the connection and the coroutine handling the
+// exchange; the connection lets go when nghttp2 closes the stream.
+struct H2Stream {
+  H2Stream(const asio::any_io_executor& executor, std::size_t body_capacity)
+      : body_in(executor, body_capacity), event(executor) {}
+
+  std::string_view header(std::string_view name) const {
+    for (const auto& field : head) {
+      if (field.name == name) return field.value;
+    }
+    return {};
+  }
+
+  int32_t id = 0;
+  HeaderList head;  // as received: pseudo-header fields (":method", ":status", ...) first
+  std::size_t head_bytes = 0;
+  bool head_complete = false;
+  bool closed = false;
+  uint32_t error_code = 0;       // RST_STREAM / GOAWAY code the stream closed with (0 = clean)
+  BodyPipe body_in;              // DATA received on this stream
+  BodyPipe* body_out = nullptr;  // where the DATA we send comes from (owned by the other leg)
+  Signal event;                  // head complete, stream closed
+
+  // Internal to H2Connection.
+  HeaderList pending_trailers;
+  bool interim = false;
+};
+
+class H2Connection {
+ public:
+  enum class Role { server, client };
+  struct Settings {
+    uint32_t max_concurrent_streams = 128;
+    uint32_t max_header_list_bytes = 64 * 1024;
+    uint32_t max_header_fields = 256;
+    uint32_t stream_window = 256 * 1024;
+    uint32_t connection_window = 1024 * 1024;
+    bool enable_connect_protocol = false;  // RFC 8441, server role
+    std::chrono::milliseconds idle{std::chrono::seconds(60)};
+  };
+  // Server role: called when a request head is complete (from inside nghttp2's callbacks: it
+  // must only schedule work).
+  using RequestHandler = std::function<void(const std::shared_ptr<H2Stream>&)>;
+
+  H2Connection(TlsStream& io, Role role, const Settings& settings, RequestHandler on_request = {});
+  ~H2Connection();
+  H2Connection(const H2Connection&) = delete;
+  H2Connection& operator=(const H2Connection&) = delete;
+
+  // Reads and writes until the connection ends: peer closed, GOAWAY done, idle, error, close().
+  awaitable<void> run();
+
+  // Client role: a new request; `body` null for none. The stream's body_in gets the response.
+  std::expected<std::shared_ptr<H2Stream>, std::string> submit_request(const HeaderList& head,
+                                                                       BodyPipe* body);
+  // Server role: the response head for `stream`, with its body from `body` (null for none).
+  bool submit_response(H2Stream& stream, const HeaderList& head, BodyPipe* body);
+  void reset_stream(H2Stream& stream, uint32_t error_code);
+  // The handler of `stream` is done with the pipe it lent (its DATA source).
+  void release(H2Stream& stream);
+
+  // GOAWAY: no new streams; the connection ends when the open ones are done.
+  void shutdown_gracefully();
+  void close();  // at once: every open stream fails
+
+  bool usable() const { return !ended_ && !going_away_; }
+  bool remote_allows_extended_connect() const;
+  std::size_t open_streams() const { return streams_.size(); }
+  const std::string& end_reason() const { return end_reason_; }
+
+ private:
+  friend struct H2Callbacks;
+
+  awaitable<void> reader();
+  awaitable<void> writer();
+  awaitable<void> idle_watch();
+  void notify_write() { write_signal_.notify(); }
+  void attach_source(H2Stream& stream, BodyPipe* body);
+  void forget(H2Stream& stream, uint32_t error_code);
+  void end(std::string_view reason);
+
+  TlsStream& io_;
+  Role role_;
+  Settings settings_;
+  RequestHandler on_request_;
+  nghttp2_session* session_ = nullptr;
+  std::unordered_map<int32_t, std::shared_ptr<H2Stream>> streams_;
+  Signal write_signal_;
+  std::vector<uint8_t> out_;
+  std::chrono::steady_clock::time_point last_active_;
+  std::string end_reason_;
+  bool ended_ = false;
+  bool going_away_ = false;
+};
+
+// HTTP/2 error codes used by the proxy (RFC 9113 section 7).
+inline constexpr uint32_t kH2NoError = 0x0;
+inline constexpr uint32_t kH2ProtocolError = 0x1;
+inline constexpr uint32_t kH2InternalError = 0x2;
+inline constexpr uint32_t kH2RefusedStream = 0x7;
+inline constexpr uint32_t kH2Cancel = 0x8;
+
+}  // namespace tokgate::proxy
