@@ -78,7 +78,8 @@ std::string LeafCache::cache_key(const LeafRequest& request) const {
 }
 
 std::expected<std::shared_ptr<const LeafCertificate>, std::string> LeafCache::get(
-    const LeafRequest& request) {
+    const LeafRequest& request, bool* minted_out) {
+  if (minted_out != nullptr) *minted_out = false;
   const std::string key = cache_key(request);
   if (key.empty()) return std::unexpected("cannot hash the leaf request: " + openssl_errors());
 
@@ -96,6 +97,7 @@ std::expected<std::shared_ptr<const LeafCertificate>, std::string> LeafCache::ge
   }
 
   misses_.fetch_add(1, std::memory_order_relaxed);
+  if (minted_out != nullptr) *minted_out = true;
   auto minted = minter_.mint(request);
   if (!minted) {
     size_.store(recency_.size(), std::memory_order_relaxed);

@@ -47,8 +47,9 @@ class LeafCache {
   // The cached leaf for the request's names, minting it on a miss. Keyed by the lower-cased
   // common name plus a SHA-256 of the sorted, lower-cased alt names, so a server whose
   // certificate changes its names gets a new leaf. Thread-safe.
-  std::expected<std::shared_ptr<const LeafCertificate>, std::string> get(
-      const LeafRequest& request);
+  // `minted`, if given, says whether this call minted (for the caller's per-thread metrics).
+  std::expected<std::shared_ptr<const LeafCertificate>, std::string> get(const LeafRequest& request,
+                                                                         bool* minted = nullptr);
 
   std::uint64_t hits() const { return hits_.load(std::memory_order_relaxed); }
   // Mint attempts; failed ones count too.

@@ -42,6 +42,7 @@ constexpr auto kKeyMode = "mode"sv;
 constexpr auto kKeyExempt = "exempt"sv;
 constexpr auto kKeyAction = "action"sv;
 constexpr auto kKeyMessage = "message"sv;
+constexpr auto kKeyPrivacy = "privacy"sv;
 constexpr auto kKeyMatch = "match"sv;
 constexpr auto kKeyCategory = "category"sv;
 constexpr auto kKeyHost = "host"sv;
@@ -248,7 +249,8 @@ enum class InterceptMode : uint8_t { targets, all };
 struct Rule {
   std::string name;
   Action action = Action::allow;
-  std::string message;  // the rule's, or the policy's block message for block and refuse
+  std::string message;        // the rule's, or the policy's block message for block and refuse
+  bool full_capture = false;  // privacy = "full" on a log or capture rule
   uint32_t line = 0;
 
   // Conditions; an empty one is absent. Within a list any element may match; all present
@@ -679,7 +681,7 @@ struct RuleSite {
 
 void load_rule(TomlReader& loader, PolicyData& data, const toml::table& table, std::size_t index,
                const ClientGroups& groups, std::vector<RuleSite>& seen) {
-  static constexpr std::array kKeys = {kKeyName, kKeyAction, kKeyMessage, kKeyMatch};
+  static constexpr std::array kKeys = {kKeyName, kKeyAction, kKeyMessage, kKeyPrivacy, kKeyMatch};
   static constexpr std::array kActions = {Action::allow,  Action::log,    Action::block,
                                           Action::refuse, Action::splice, Action::capture};
   std::string what = "rules[" + std::to_string(index) + "]";
@@ -724,6 +726,22 @@ void load_rule(TomlReader& loader, PolicyData& data, const toml::table& table, s
         loader.error(*node, what + ".message", "empty message (leave the key out instead)");
       } else {
         message = *text;
+      }
+    }
+  }
+
+  // A researcher's own device may be recorded whole: privacy = "full" turns redaction off for
+  // this rule's records and captures (query values, cookies, tokens). "redacted" is the default.
+  if (const auto* node = table.get(kKeyPrivacy)) {
+    if (auto text = loader.string(*node, what + ".privacy", kMaxNameLength)) {
+      if (*text == "full") {
+        rule.full_capture = true;
+      } else if (*text != "redacted") {
+        loader.error(*node, what + ".privacy",
+                     "unknown privacy " + quote(*text) + " (redacted or full)");
+      }
+      if (rule.action != Action::capture && rule.action != Action::log) {
+        loader.error(*node, what + ".privacy", "privacy applies to log and capture rules only");
       }
     }
   }
@@ -970,9 +988,9 @@ RequestDecision Policy::decide_request(const RequestFacts& facts,
     if (!request_matches(rule, facts, classification)) continue;
     // Too late to splice a decrypted connection: the request goes through.
     Action action = rule.action == Action::splice ? Action::allow : rule.action;
-    return {action, rule.name, rule.message};
+    return {action, rule.name, rule.message, rule.full_capture};
   }
-  return {data.default_action, {}, data.default_message()};
+  return {data.default_action, {}, data.default_message(), false};
 }
 
 const std::string& Policy::name() const {

@@ -26,8 +26,9 @@ struct ConnectionDecision {
 
 struct RequestDecision {
   Action action = Action::allow;
-  std::string_view rule;     // "" = the default action
-  std::string_view message;  // the rule's message, or the policy's block message
+  std::string_view rule;      // "" = the default action
+  std::string_view message;   // the rule's message, or the policy's block message
+  bool full_capture = false;  // a log/capture rule with privacy = "full": nothing redacted
 };
 
 enum class PinnedAction : uint8_t { refuse, splice };

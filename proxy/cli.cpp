@@ -10,11 +10,13 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "certs/certificate_authority.hpp"
 #include "policy/host_pattern.hpp"
 #include "proxy/cli_policy.hpp"
 #include "proxy/config.hpp"
+#include "proxy/flow_report.hpp"
 #include "proxy/log.hpp"
 #include "proxy/runtime.hpp"
 #include "proxy/server.hpp"
@@ -39,6 +41,9 @@ Usage:
                                  category, evidence, rule and action for a request, offline
   tokgate catalog export --format hosts|dnsmasq|rpz|pac
                                  the catalog's host names for DNS blocklists and PAC files
+  tokgate report [--json] [--by country|asn|category] FLOWLOG...
+                                 share of flows and bytes per destination country, ASN and
+                                 category, from flow logs (docs/report.md)
   tokgate --help | --version
 
 Run `tokgate run --help` or `tokgate ca --help` for the options of each.
@@ -67,11 +72,21 @@ constexpr std::string_view kRunHelp = R"(Usage: tokgate run [options]
   --catalog-dir DIR        catalog files overriding or extending the embedded catalog
   --log-level LEVEL        debug | info | warn | error (default info)
 
+Evidence (docs/flow-log.md):
+  --flow-log FILE|-        one JSON line per request and per unbumped connection
+  --flow-log-format FMT    json (default) | squid (Squid's access.log line)
+  --query-privacy MODE     redact (default: names kept, values hidden) | full | omit
+  --capture-dir DIR        HAR files of requests whose action is capture
+  --keylog FILE            TLS secrets of both legs in SSLKEYLOGFILE format (for Wireshark)
+  --geoip-country FILE     MaxMind-format country database (GeoLite2, DB-IP Lite .mmdb)
+  --geoip-asn FILE         MaxMind-format ASN database
+
 The policy decides per connection (splice | refuse | intercept) and per request (allow | log |
 block | refuse | capture); --intercept/--refuse are overrides applied before it. What is not
 intercepted or refused is spliced: relayed byte for byte, never decrypted.
-Signals: SIGHUP reloads the policy and catalog (an invalid one keeps the old); SIGTERM/SIGINT
-stop accepting, finish in-flight requests, exit.
+Signals: SIGHUP reloads the policy and catalog (an invalid one keeps the old) and reopens the
+flow log; SIGUSR1 reopens the flow log (logrotate); SIGTERM/SIGINT stop accepting, finish
+in-flight requests, exit.
 )";
 
 constexpr std::string_view kCaHelp = R"(Usage:
@@ -247,6 +262,77 @@ int run_ca(std::span<const std::string_view> args) {
   return kOk;
 }
 
+// The flow log, the client pseudonymiser: opened before the first connection, so a bad path
+// stops the start with a clear error instead of losing evidence later.
+std::expected<void, std::string> open_evidence(Runtime& runtime) {
+  const Config& config = runtime.config;
+  const unsigned workers =
+      config.workers != 0 ? config.workers : std::max(1u, std::thread::hardware_concurrency());
+  runtime.metrics = std::make_unique<Metrics>(workers + 1, "0.1.0");
+  runtime.metrics->set_workers(workers);
+  runtime.metrics->policy_loaded(std::chrono::system_clock::now());
+  if (!config.geoip_country_db.empty() || !config.geoip_asn_db.empty()) {
+    auto geoip = GeoIp::open(config.geoip_country_db, config.geoip_asn_db);
+    if (!geoip) return std::unexpected(geoip.error());
+    runtime.geoip = std::move(*geoip);
+    log::info("geoip").kv("databases", runtime.geoip.describe());
+  }
+  if (!config.keylog_file.empty()) {
+    auto keylog = KeyLog::open(config.keylog_file);
+    if (!keylog) return std::unexpected(keylog.error());
+    runtime.keylog = std::move(*keylog);
+    log::warn("keylog")
+        .kv("path", config.keylog_file.string())
+        .kv("note", "TLS secrets of every intercepted connection are written to this file");
+  }
+  if (config.pseudonymise_clients) {
+    auto key_file = config.client_key_file;
+    if (key_file.empty()) {
+      key_file =
+          (config.ca_dir.empty() ? default_ca_dir() : config.ca_dir) / "client-pseudonym.key";
+    }
+    auto pseudonymiser = ClientPseudonymiser::load_or_create(key_file);
+    if (!pseudonymiser) return std::unexpected(pseudonymiser.error());
+    runtime.pseudonymiser = std::move(*pseudonymiser);
+  }
+  // The sink runs even without a flow log file: HAR captures, metrics and (later) the UI's feed
+  // read the records too, and a reloaded policy may start capturing at any time.
+  std::filesystem::path capture_dir = config.capture_dir;
+  if (capture_dir.empty()) {
+    capture_dir =
+        (config.ca_dir.empty() ? default_ca_dir() : config.ca_dir).parent_path() / "captures";
+  }
+  {
+    std::error_code ec;
+    std::filesystem::create_directories(capture_dir, ec);
+    if (ec)
+      return std::unexpected(capture_dir.string() +
+                             ": cannot create the capture directory: " + ec.message());
+    std::filesystem::permissions(capture_dir, std::filesystem::perms::owner_all, ec);
+  }
+  {
+    FlowSink::Options options;
+    options.path = config.flow_log;
+    options.format = config.flow_log_format == "squid" ? FlowLogFormat::squid : FlowLogFormat::json;
+    options.queue = config.flow_log_queue;
+    options.lanes = workers;
+    options.metrics = runtime.metrics.get();
+    options.capture_dir = capture_dir;
+    options.capture_body_bytes = config.capture_body_bytes;
+    options.redact_headers = config.redact_headers;
+    auto sink = FlowSink::open(std::move(options));
+    if (!sink) return std::unexpected(sink.error());
+    runtime.flows = std::move(*sink);
+    log::info("flow-log")
+        .kv("path", config.flow_log.empty() ? std::string("none") : config.flow_log.string())
+        .kv("captures", capture_dir.string())
+        .kv("format", config.flow_log_format)
+        .kv("query", to_string(config.query_privacy))
+        .kv("clients", config.pseudonymise_clients ? "pseudonymised" : "full");
+  }
+  return {};
+}
+
 int run_proxy(std::span<const std::string_view> args) {
   ArgReader reader(args);
   std::optional<std::filesystem::path> config_file;
@@ -332,6 +418,23 @@ int run_proxy(std::span<const std::string_view> args) {
       config.policy_file = value;
     } else if (name == "--catalog-dir") {
       config.catalog_dir = value;
+    } else if (name == "--flow-log") {
+      config.flow_log = value;
+    } else if (name == "--flow-log-format") {
+      if (value != "json" && value != "squid") return bad("expected json or squid");
+      config.flow_log_format = value;
+    } else if (name == "--query-privacy") {
+      auto mode = parse_query_privacy(value);
+      if (!mode) return bad("expected redact, full or omit");
+      config.query_privacy = *mode;
+    } else if (name == "--capture-dir") {
+      config.capture_dir = value;
+    } else if (name == "--keylog") {
+      config.keylog_file = value;
+    } else if (name == "--geoip-country") {
+      config.geoip_country_db = value;
+    } else if (name == "--geoip-asn") {
+      config.geoip_asn_db = value;
     } else if (name == "--log-level") {
       if (value == "debug")
         log::set_min_level(log::Level::debug);
@@ -385,6 +488,10 @@ int run_proxy(std::span<const std::string_view> args) {
 
   try {
     Runtime runtime(std::move(config), std::move(*ca), std::move(*snapshot));
+    if (auto evidence = open_evidence(runtime); !evidence) {
+      log::error("startup-failed").kv("reason", evidence.error());
+      return kFailure;
+    }
     Server server(runtime);
     server.bind();
     server.bind_admin();
@@ -415,6 +522,7 @@ int run_cli(std::span<const std::string_view> args) {
   if (command == "ca") return run_ca(args.subspan(1));
   if (command == "policy") return run_policy_command(args.subspan(1));
   if (command == "catalog") return run_catalog_command(args.subspan(1));
+  if (command == "report") return report_main(args.subspan(1));
   return usage_error("unknown command '" + std::string(command) + "'");
 }
 

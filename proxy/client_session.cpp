@@ -13,6 +13,7 @@
 #include "certs/openssl_ptr.hpp"
 #include "policy/host_pattern.hpp"
 #include "proxy/h2_connection.hpp"
+#include "proxy/har.hpp"
 #include "proxy/log.hpp"
 #include "proxy/resolver.hpp"
 #include "proxy/runtime.hpp"
@@ -27,6 +28,27 @@ using namespace asio::experimental::awaitable_operators;
 using std::chrono::milliseconds;
 
 namespace {
+
+// What went wrong with an origin's TLS, for the metrics: the verification result says most.
+OriginHandshakeFailure origin_failure_reason(SSL* ssl, const error_code& ec) {
+  switch (SSL_get_verify_result(ssl)) {
+    case X509_V_OK:
+      break;
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+      return OriginHandshakeFailure::expired;
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+      return OriginHandshakeFailure::hostname_mismatch;
+    default:
+      return OriginHandshakeFailure::untrusted;
+  }
+  if (ec == asio::error::connection_refused || ec == asio::error::connection_reset ||
+      ec == asio::error::eof) {
+    return OriginHandshakeFailure::refused;
+  }
+  return ec.category() == asio::error::get_ssl_category() ? OriginHandshakeFailure::protocol
+                                                          : OriginHandshakeFailure::other;
+}
 
 // A fatal TLS alert record, access_denied (49): "the sender decided not to proceed".
 constexpr uint8_t kAccessDeniedAlert[] = {0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31};
@@ -149,12 +171,36 @@ ClientSession::ClientSession(Worker& worker, tcp::socket socket)
   client_endpoint_ = client_socket_.remote_endpoint(ec);
   client_ip_ = to_ip_address(client_endpoint_.address());
   client_socket_.set_option(tcp::no_delay(true), ec);
+  facts_.started = std::chrono::system_clock::now();
+  if (runtime_.pseudonymiser) {
+    facts_.client_ip = runtime_.pseudonymiser->pseudonym(client_ip_.to_string());
+  } else {
+    facts_.client_ip = client_ip_.to_string();
+    facts_.client_port = client_endpoint_.port();
+  }
+  if (auto local = client_socket_.local_endpoint(ec); !ec) {
+    facts_.listener = Endpoint{to_ip_address(local.address()), local.port()}.to_string();
+  }
   client_lowest_ = &client_socket_;
   registry_entry_ = worker_.add_session(this);
   runtime_.open_connections.fetch_add(1, std::memory_order_relaxed);
+  worker_.metrics().connection_opened();
 }
 
 ClientSession::~ClientSession() {
+  // A request cut short by the connection's end still leaves its record.
+  finish_pending(std::nullopt, 0, 0, "client-gone", "the connection ended mid-request");
+  ConnectionOutcome outcome = ConnectionOutcome::error;
+  if (rejected_) {
+    outcome = ConnectionOutcome::rejected;
+  } else if (facts_.verdict == "intercept" || (facts_.verdict.empty() && facts_.requests > 0)) {
+    outcome = ConnectionOutcome::intercept;  // (plain HTTP through the proxy is seen whole too)
+  } else if (facts_.verdict == "splice") {
+    outcome = ConnectionOutcome::splice;
+  } else if (facts_.verdict == "refuse") {
+    outcome = ConnectionOutcome::refuse;
+  }
+  worker_.metrics().connection_closed(outcome);
   worker_.remove_session(registry_entry_);
   runtime_.open_connections.fetch_sub(1, std::memory_order_relaxed);
 }
@@ -194,6 +240,7 @@ awaitable<void> ClientSession::flow() {
                                      [&](const Cidr& cidr) { return cidr.contains(client_ip); });
   if (!allowed) {
     log::warn("client-not-allowed").kv("conn", id_).kv("client", client_ip.to_string());
+    rejected_ = true;
     failure_ = Failure{http::status::forbidden, "client-not-allowed",
                        "client " + client_ip.to_string() + " may not use this proxy"};
     co_await send_failure(client_socket_, 11);
@@ -221,6 +268,18 @@ awaitable<void> ClientSession::send_failure(ClientStream& client, unsigned versi
       .kv("status", static_cast<unsigned>(failure.status))
       .kv("error", failure.code)
       .kv("reason", failure.reason);
+  if (pending_) {
+    finish_pending(static_cast<unsigned>(failure.status), 0, 0, failure.code, failure.reason);
+  } else {
+    FlowRecord record = connection_record();
+    record.status = static_cast<unsigned>(failure.status);
+    record.error = failure.code;
+    record.error_reason = failure.reason.substr(0, 512);
+    record.total_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::system_clock::now() - facts_.started)
+            .count();
+    emit(std::move(record));
+  }
   auto response = failure_response(failure, version >= 10 ? version : 11, keep_alive);
   deadline_.rearm();
   deadline_.set(kGoodbyeBudget, "send-error");
@@ -321,6 +380,13 @@ awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(Clie
       judge_request(request.method_string(), request[http::field::host], request.target(),
                     request[http::field::user_agent], header_views_, host, port);
   snapshot_ = judgement.snapshot;
+  // A request left unrecorded (its connection died) is recorded now rather than lost.
+  finish_pending(std::nullopt, 0, 0, "client-gone", "the connection ended mid-request");
+  pending_ = request_record(judgement, request.method_string(), request.target(),
+                            request[http::field::user_agent],
+                            std::to_string(id_) + "." + std::to_string(facts_.requests + 1));
+  pending_started_ = std::chrono::steady_clock::now();
+  pending_first_byte_ms_.reset();
   const policy::Classification& classification = judgement.classification;
   const policy::RequestDecision& decision = judgement.decision;
   struct {
@@ -332,6 +398,7 @@ awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(Clie
   label_.action = decision.action;
   label_.rule = decision.rule;
   label_.host.assign(facts.host);
+  label_.full_capture = decision.full_capture;
 
   if (decision.action == policy::Action::block) {
     const auto& policy = *snapshot_->policy;
@@ -360,7 +427,9 @@ awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(Clie
         .kv("action", "block")
         .kv("rule", decision.rule);
     deadline_.set(config_.timeouts.io_stall, "send-block-page");
+    const uint64_t page_bytes = response.body().size();
     auto [ec, n] = co_await http::async_write(client, response, use_nothrow);
+    finish_pending(451, 0, page_bytes);
     co_return ec || !keep_alive ? PolicyOutcome::close : PolicyOutcome::answered;
   }
   if (decision.action == policy::Action::refuse) {
@@ -372,6 +441,7 @@ awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(Clie
         .kv("category", policy::to_string(classification.category))
         .kv("action", "refuse")
         .kv("rule", decision.rule);
+    finish_pending(std::nullopt, 0, 0);
     co_return PolicyOutcome::close;
   }
   co_return PolicyOutcome::forward;
@@ -431,6 +501,11 @@ awaitable<void> ClientSession::serve_explicit() {
     request.set(
         http::field::host,
         bracketed(target.host) + (target.port == 80 ? "" : ":" + std::to_string(target.port)));
+    facts_.scheme = "http";
+    facts_.host = target.host;
+    facts_.port = target.port;
+    facts_.verdict.clear();
+    facts_.bumped = false;
 
     auto outcome = co_await apply_request_policy(client_socket_, parser, target.host, target.port);
     if (outcome == PolicyOutcome::close) co_return;
@@ -442,6 +517,7 @@ awaitable<void> ClientSession::serve_explicit() {
       server_target = target;
       Resolver resolver(executor, config_.resolve);
       deadline_.set(config_.timeouts.connect, "connect");
+      const auto connect_started = std::chrono::steady_clock::now();
       auto endpoints = co_await resolver.resolve(target.host, target.port);
       std::expected<tcp::endpoint, Failure> connected = std::unexpected(Failure{});
       if (endpoints) {
@@ -461,7 +537,16 @@ awaitable<void> ClientSession::serve_explicit() {
         if (!keep_alive) co_return;
         continue;
       }
+      if (pending_) pending_->connect_ms = ms_since(connect_started);
+      note_upstream(*server);
       server_buffer.clear();
+    }
+    if (pending_) {
+      pending_->upstream_ip = facts_.upstream_ip;
+      pending_->upstream_port = facts_.upstream_port;
+      pending_->upstream_country = facts_.upstream_country;
+      pending_->upstream_asn = facts_.upstream_asn;
+      pending_->upstream_as_org = facts_.upstream_as_org;
     }
     bool response_started = false;
     auto result = co_await exchange(client_socket_, client_buffer, parser, *server, server_buffer,
@@ -471,6 +556,7 @@ awaitable<void> ClientSession::serve_explicit() {
         failure_ = result.error();
         co_await send_failure(client_socket_, version);
       }
+      finish_pending(std::nullopt, 0, 0, result.error().code, result.error().reason);
       co_return;
     }
     if (!result->server_reusable) {
@@ -491,6 +577,7 @@ awaitable<bool> ClientSession::connect_server(tcp::socket& server, const Target&
   server_lowest_ = &server;
   Resolver resolver(executor, config_.resolve);
   deadline_.set(config_.timeouts.connect, "connect");
+  const auto connect_started = std::chrono::steady_clock::now();
   auto endpoints = co_await resolver.resolve(target.host, target.port);
   if (!endpoints) {
     failure_ = deadline_.expired() ? timeout_failure("DNS for " + target.host) : endpoints.error();
@@ -517,6 +604,8 @@ awaitable<bool> ClientSession::connect_server(tcp::socket& server, const Target&
     co_await send_failure(client_socket_, version);
     co_return false;
   }
+  facts_.connect_ms = ms_since(connect_started);
+  note_upstream(server);
   co_return true;
 }
 
@@ -531,6 +620,9 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
     co_await send_failure(client_socket_, version);
     co_return;
   }
+  facts_.host = target.host;
+  facts_.port = target.port;
+  facts_.scheme = "https";
   // Decide on the CONNECT name first: a refused name costs no connection to the origin.
   snapshot_ = runtime_.policy.current();
   policy::RequestFacts facts;
@@ -542,7 +634,10 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
   // ClientHello (and without bothering the origin).
   const bool pinned_refusal =
       decision.verdict == ConnectionVerdict::refuse && decision.rule == "pinned";
+  facts_.category = policy::to_string(decision.category);
+  facts_.rule = decision.rule;
   if (decision.verdict == ConnectionVerdict::refuse && !pinned_refusal) {
+    facts_.verdict = "refuse";
     log::info("connection")
         .kv("conn", id_)
         .kv("client", client_ip_.to_string())
@@ -598,12 +693,18 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
           .kv("host", target.host)
           .kv("verdict", "splice")
           .kv("tls", false);
+      facts_.verdict = "splice";
+      facts_.scheme.clear();
       co_await splice(server, hello_bytes);
     } else {
       log::warn("bad-client-hello")
           .kv("conn", id_)
           .kv("host", target.host)
           .kv("error", to_string(hello.error()));
+      FlowRecord record = connection_record();
+      record.error = "bad-client-hello";
+      record.error_reason = std::string(to_string(hello.error()));
+      emit(std::move(record));
     }
     co_return;
   }
@@ -617,6 +718,10 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
     if (stricter(by_sni.verdict, decision.verdict) != decision.verdict) decision = by_sni;
   }
   const ConnectionVerdict verdict = decision.verdict;
+  facts_.sni = sni.value_or("");
+  facts_.verdict = policy::to_string(verdict);
+  facts_.category = policy::to_string(decision.category);
+  facts_.rule = decision.rule;
   log::info("connection")
       .kv("conn", id_)
       .kv("client", client_ip_.to_string())
@@ -654,11 +759,24 @@ awaitable<void> ClientSession::splice(tcp::socket& server, std::span<const uint8
   co_await (pump(client_socket_, server, up_buffer, up, deadline_, config_.timeouts.idle) &&
             pump(server, client_socket_, down_buffer, down, deadline_, config_.timeouts.idle));
   log::info("tunnel-closed").kv("conn", id_).kv("bytes_up", up).kv("bytes_down", down);
+  FlowRecord record = connection_record();
+  record.bytes_up = up;
+  record.bytes_down = down;
+  record.total_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::system_clock::now() - facts_.started)
+          .count();
+  emit(std::move(record));
 }
 
 awaitable<void> ClientSession::refuse_tls(const ClientHello& hello) {
   (void)hello;
   deadline_.set(kGoodbyeBudget, "refuse");
+  FlowRecord record = connection_record();
+  if (facts_.rule == "pinned") {
+    record.error = "pinned";
+    record.error_reason = "the host's clients rejected our certificate recently";
+  }
+  emit(std::move(record));
   co_await asio::async_write(client_socket_, asio::buffer(kAccessDeniedAlert), use_nothrow);
   error_code ignored;
   client_socket_.shutdown(tcp::socket::shutdown_both, ignored);
@@ -675,6 +793,7 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
   std::optional<TlsStream> server_stream;
   server_stream.emplace(std::move(server_socket), worker_.tls().server_side());
   error_code sec;
+  const auto tls_started = std::chrono::steady_clock::now();
   for (int attempt = 0;; ++attempt) {
     TlsStream& attempt_stream = *server_stream;
     server_lowest_ = &attempt_stream.next_layer();
@@ -695,6 +814,7 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
     if (!endpoints) break;
     auto connected = co_await connect_any(retry_socket, *endpoints, target.host);
     if (!connected) break;
+    note_upstream(retry_socket);
     server_stream.emplace(std::move(retry_socket), worker_.tls().server_side());
   }
   TlsStream& server = *server_stream;
@@ -708,12 +828,17 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
             ? timeout_failure("TLS handshake with " + name)
             : Failure{http::status::bad_gateway, "upstream-tls",
                       name + ": " + describe_server_tls_failure(server.native_handle(), sec)};
+    worker_.metrics().origin_handshake_failed(
+        deadline_.expired() ? OriginHandshakeFailure::timeout
+                            : origin_failure_reason(server.native_handle(), sec));
     deadline_.rearm();
     log::warn("server-tls-failed")
         .kv("conn", id_)
         .kv("host", name)
         .kv("reason", server_failure->reason);
   } else {
+    facts_.tls_ms = ms_since(tls_started);
+    facts_.server_tls = SSL_get_version(server.native_handle());
     origin_certificate.reset(SSL_get1_peer_certificate(server.native_handle()));
     const unsigned char* selected = nullptr;
     unsigned selected_length = 0;
@@ -724,7 +849,9 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
   }
   std::string alpn_choice = client_side_alpn_choice(hello.alpn, origin_protocol);
 
-  auto leaf = runtime_.leaf_cache.get(leaf_request_for(name, origin_certificate.get()));
+  bool minted = false;
+  auto leaf = runtime_.leaf_cache.get(leaf_request_for(name, origin_certificate.get()), &minted);
+  worker_.metrics().cert_cache(minted ? CertCacheResult::mint : CertCacheResult::hit);
   if (!leaf) {
     log::error("leaf-mint-failed").kv("conn", id_).kv("host", name).kv("reason", leaf.error());
     co_return;
@@ -757,10 +884,27 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
         .kv("on_pinned",
             snapshot_->policy->on_pinned() == policy::PinnedAction::refuse ? "refuse" : "splice")
         .kv("reason", deadline_.expired() ? std::string("timeout") : cec.message());
+    worker_.metrics().client_handshake_failed(
+        pinned                ? ClientHandshakeFailure::rejected_certificate
+        : deadline_.expired() ? ClientHandshakeFailure::timeout
+        : ERR_GET_REASON(static_cast<unsigned long>(cec.value())) == SSL_R_NO_SHARED_CIPHER
+            ? ClientHandshakeFailure::no_shared_cipher
+            : ClientHandshakeFailure::protocol);
+    FlowRecord record = connection_record();
+    record.error = pinned ? "pinned" : "client-tls";
+    record.error_reason = pinned ? "the client rejected our certificate (pinning or an "
+                                   "untrusted CA): " +
+                                       cec.message()
+                                 : (deadline_.expired() ? std::string("timeout") : cec.message());
+    emit(std::move(record));
     co_return;
   }
   const bool client_h2 = alpn_choice == "h2";
   const bool server_h2 = !server_failure && origin_protocol == "h2";
+  facts_.bumped = true;
+  facts_.client_tls = SSL_get_version(client.native_handle());
+  facts_.client_alpn = client_h2 ? "h2" : "http/1.1";
+  if (!server_failure) facts_.server_alpn = origin_protocol;
   log::info("intercepted")
       .kv("conn", id_)
       .kv("host", name)
@@ -826,6 +970,7 @@ awaitable<void> ClientSession::serve_intercepted(ClientStream& client, ServerStr
         failure_ = result.error();
         co_await send_failure(client, request.version());
       }
+      finish_pending(std::nullopt, 0, 0, result.error().code, result.error().reason);
       co_return;
     }
     // The server side of an intercepted connection is fixed: when it goes, so does the client's.
@@ -888,6 +1033,18 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   if (result.close_code_up) line.kv("close_code_up", *result.close_code_up);
   if (result.close_code_down) line.kv("close_code_down", *result.close_code_down);
   if (!result.error.empty()) line.kv("error", result.error);
+  if (pending_) {
+    pending_->scheme = facts_.scheme == "https" ? "wss" : "ws";
+    pending_->ws_messages_up = result.up.messages;
+    pending_->ws_messages_down = result.down.messages;
+    if (result.close_code_up) {
+      pending_->ws_close_code = *result.close_code_up;
+    } else if (result.close_code_down) {
+      pending_->ws_close_code = *result.close_code_down;
+    }
+  }
+  finish_pending(101, result.up.data_bytes(), result.down.data_bytes(),
+                 result.error.empty() ? "" : "websocket", result.error);
   co_return ExchangeResult{false, false};
 }
 
@@ -904,6 +1061,47 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   std::string path(request.target());
   if (auto q = path.find('?'); q != std::string::npos) path.resize(q);  // queries stay out of logs
 
+  uint64_t request_bytes = 0;
+  uint64_t response_bytes = 0;
+  // Action capture: the exchange as the client saw it, for a HAR file.
+  std::shared_ptr<HarExchange> har;
+  BodyCapture request_capture;
+  BodyCapture response_capture;
+  if (pending_ && label_.action == policy::Action::capture) {
+    har = std::make_shared<HarExchange>();
+    har->started = pending_->started;
+    har->method = method;
+    std::string_view host_header = request[http::field::host];
+    har->url = (facts_.scheme.empty() ? std::string("https") : facts_.scheme) + "://" +
+               std::string(host_header.empty() ? std::string_view(label_.host) : host_header) +
+               std::string(request.target());
+    har->http_version = client_version == 10 ? "HTTP/1.0" : "HTTP/1.1";
+    for (const auto& field : request) {
+      har->request_headers.push_back(
+          {std::string(field.name_string()), std::string(field.value())});
+    }
+    har->server_ip = facts_.upstream_ip;
+    har->connection = std::to_string(id_);
+    request_capture.limit = config_.capture_body_bytes;
+    response_capture.limit = config_.capture_body_bytes;
+  }
+  auto attach_capture = [&](unsigned status_sent) {
+    if (!har || !pending_) return;
+    har->request_body = {std::move(request_capture.bytes), request_bytes,
+                         request_capture.truncated};
+    har->response_body = {std::move(response_capture.bytes), response_bytes,
+                          response_capture.truncated};
+    if (har->status == 0) har->status = status_sent;
+    if (pending_->connect_ms) har->connect_ms = *pending_->connect_ms;
+    if (pending_->tls_ms) har->ssl_ms = *pending_->tls_ms;
+    const double total = ms_since(pending_started_);
+    har->wait_ms = pending_first_byte_ms_.value_or(total);
+    har->receive_ms = std::max(0.0, total - har->wait_ms);
+    har->comment = "tokgate flow " + pending_->flow + ", rule " + std::string(label_.rule) +
+                   ", category " + std::string(policy::to_string(label_.category));
+    pending_->har = std::move(har);
+    pending_->har_full = label_.full_capture;
+  };
   // A WebSocket handshake keeps its Upgrade (and nothing else the Connection header names).
   const bool websocket_upgrade = is_websocket_upgrade(request);
   strip_hop_by_hop(request);
@@ -926,14 +1124,12 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   }
 
   std::span<char> chunk(chunk_.get(), config_.limits.relay_buffer_bytes);
-  uint64_t request_bytes = 0;
-  uint64_t response_bytes = 0;
   std::optional<ResponseParser> response_parser;
 
   auto send_request_body = [&]() -> awaitable<BodyResult> {
-    auto result =
-        co_await relay_body(client, client_buffer, request_parser, server, request_serializer,
-                            chunk, deadline_, config_.timeouts.io_stall, request_bytes);
+    auto result = co_await relay_body(
+        client, client_buffer, request_parser, server, request_serializer, chunk, deadline_,
+        config_.timeouts.io_stall, request_bytes, har ? &request_capture : nullptr);
     deadline_.set(config_.timeouts.response_header, "response-header");
     co_return result;
   };
@@ -1004,6 +1200,7 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
         Failure{http::status::bad_request, "client-gone", "client stopped sending the body"});
   }
   if (head_failure) co_return std::unexpected(*head_failure);
+  pending_first_byte_ms_ = ms_since(pending_started_);
   if (request_result.outcome == BodyOutcome::write_failed && !response_parser) {
     co_return std::unexpected(Failure{http::status::bad_gateway, "upstream-protocol",
                                       "the server stopped reading the request body"});
@@ -1011,6 +1208,14 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
 
   auto& response = response_parser->get();
   const unsigned status = response.result_int();
+  if (har) {
+    har->status = status;
+    har->status_text = std::string(response.reason());
+    for (const auto& field : response) {
+      har->response_headers.push_back(
+          {std::string(field.name_string()), std::string(field.value())});
+    }
+  }
   if (status == 101) {
     co_return co_await relay_upgraded(client, client_buffer, server, server_buffer,
                                       *response_parser, method, path, response_started);
@@ -1041,9 +1246,9 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   if (wec) {
     response_result = BodyResult{BodyOutcome::write_failed, wec};
   } else {
-    response_result =
-        co_await relay_body(server, server_buffer, *response_parser, client, response_serializer,
-                            chunk, deadline_, config_.timeouts.io_stall, response_bytes);
+    response_result = co_await relay_body(
+        server, server_buffer, *response_parser, client, response_serializer, chunk, deadline_,
+        config_.timeouts.io_stall, response_bytes, har ? &response_capture : nullptr);
   }
   const auto elapsed =
       std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - started);
@@ -1062,12 +1267,18 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
       .kv("client_proto", "http/1.1")
       .kv("server_proto", "http/1.1");
   if (response_result.outcome != BodyOutcome::done) {
-    line.kv("error", response_result.outcome == BodyOutcome::read_failed ? "server-body-failed"
-                                                                         : "client-body-failed")
-        .kv("reason",
-            deadline_.expired() ? std::string("stalled") : response_result.error.message());
+    const std::string_view error = response_result.outcome == BodyOutcome::read_failed
+                                       ? "server-body-failed"
+                                       : "client-body-failed";
+    const std::string reason =
+        deadline_.expired() ? std::string("stalled") : response_result.error.message();
+    line.kv("error", error).kv("reason", reason);
+    attach_capture(status);
+    finish_pending(status, request_bytes, response_bytes, error, reason);
     co_return ExchangeResult{false, false};
   }
+  attach_capture(status);
+  finish_pending(status, request_bytes, response_bytes);
   co_return ExchangeResult{client_keep_alive, server_reusable};
 }
 

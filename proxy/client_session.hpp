@@ -15,6 +15,7 @@
 #include "proxy/body_pipe.hpp"
 #include "proxy/client_hello.hpp"
 #include "proxy/deadline.hpp"
+#include "proxy/flow_record.hpp"
 #include "proxy/http_relay.hpp"
 #include "proxy/policy_state.hpp"
 
@@ -116,6 +117,43 @@ class ClientSession {
   awaitable<void> answer_h2(H2Stream& stream, H2Connection& client, unsigned status,
                             const HeaderList& fields, std::string body);
 
+  // ---- evidence: the flow records of this connection (client_session_flow.cpp)
+  // What is known of the connection, copied into each of its records.
+  struct ConnectionFacts {
+    std::chrono::system_clock::time_point started;
+    std::string client_ip;  // after the privacy setting
+    std::optional<uint16_t> client_port;
+    std::string listener;
+    std::string mode = "explicit";
+    std::string scheme = "http";
+    std::string sni;
+    std::string host;
+    std::optional<uint16_t> port;
+    std::string verdict;
+    bool bumped = false;
+    std::string category;  // connection stage
+    std::string rule;
+    std::string client_alpn, server_alpn, client_tls, server_tls;
+    std::string upstream_ip;
+    std::optional<uint16_t> upstream_port;
+    std::string upstream_country;
+    std::optional<uint32_t> upstream_asn;
+    std::string upstream_as_org;
+    // Spent once, by the first request after the connection was made.
+    std::optional<double> connect_ms, tls_ms;
+    uint64_t requests = 0;
+  };
+  FlowRecord connection_record() const;
+  // A request's record from what the request stage saw; `flow` is "C.N" or "C.sS".
+  FlowRecord request_record(const RequestJudgement& judgement, std::string_view method,
+                            std::string_view target, std::string_view user_agent, std::string flow);
+  void emit(FlowRecord record);
+  // The HTTP/1.1 request in flight: recorded when it ends, however it ends.
+  void finish_pending(std::optional<unsigned> status, uint64_t bytes_up, uint64_t bytes_down,
+                      std::string_view error = {}, std::string_view reason = {});
+  void note_upstream(const tcp::socket& server);
+  static double ms_since(std::chrono::steady_clock::time_point start);
+
   std::optional<Failure> check_request(const RequestParser& parser) const;
   Failure timeout_failure(std::string_view what) const;
   void cancel_io();
@@ -136,11 +174,17 @@ class ClientSession {
     policy::Action action = policy::Action::allow;
     std::string_view rule;
     std::string host;  // normalized: the name the policy looked at
+    bool full_capture = false;
   } label_;
   uint64_t id_;
+  ConnectionFacts facts_;
+  std::optional<FlowRecord> pending_;  // the HTTP/1.1 request being relayed
+  std::chrono::steady_clock::time_point pending_started_{};
+  std::optional<double> pending_first_byte_ms_;
   Deadline deadline_;
   Failure failure_;  // the error response being sent (see send_failure)
   bool idle_ = true;
+  bool rejected_ = false;  // turned away before any verdict (client not allowed)
   bool closing_ = false;
   H2Connection* client_h2_ = nullptr;     // set while the client speaks HTTP/2 (for drain)
   tcp::socket* client_lowest_ = nullptr;  // whatever layer currently owns the client socket

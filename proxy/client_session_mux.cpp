@@ -10,6 +10,7 @@
 
 #include "proxy/client_session.hpp"
 #include "proxy/h2_connection.hpp"
+#include "proxy/har.hpp"
 #include "proxy/log.hpp"
 #include "proxy/origin_side.hpp"
 #include "proxy/runtime.hpp"
@@ -169,6 +170,23 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
   RequestJudgement judgement = judge_request(method, authority, path, stream.header("user-agent"),
                                              views, mux.name, mux.port);
   const auto category = policy::to_string(judgement.classification.category);
+  const auto stream_started = std::chrono::steady_clock::now();
+  FlowRecord record = request_record(judgement, method, path, stream.header("user-agent"),
+                                     std::to_string(id_) + ".s" + std::to_string(stream.id));
+  // Every way out of this function records the stream exactly once.
+  bool recorded = false;
+  auto record_done = [&](std::optional<unsigned> status, uint64_t up, uint64_t down,
+                         std::string_view error = {}, std::string_view reason = {}) {
+    if (recorded) return;
+    recorded = true;
+    record.status = status;
+    record.bytes_up = up;
+    record.bytes_down = down;
+    record.total_ms = ms_since(stream_started);
+    record.error = std::string(error);
+    record.error_reason = std::string(reason.substr(0, 512));
+    emit(std::move(record));
+  };
   auto describe = [&](log::Line& line, unsigned status, std::string_view action) {
     line.kv("conn", id_)
         .kv("stream", stream.id)
@@ -189,6 +207,7 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
     auto line = log::info("request");
     describe(line, 0, policy::to_string(judgement.decision.action));
     line.kv("error", "client-reset");
+    record_done(std::nullopt, 0, 0, "client-reset", "reset by the client before it was served");
     co_return;
   }
   if (judgement.decision.action == policy::Action::block) {
@@ -210,6 +229,7 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
       auto line = log::info("request");
       describe(line, 451, "block");
     }
+    record_done(451, 0, page.body.size());
     co_await answer_h2(stream, client, 451, fields, std::move(page.body));
     co_return;
   }
@@ -218,6 +238,7 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
       auto line = log::info("request");
       describe(line, 0, "refuse");
     }
+    record_done(std::nullopt, 0, 0);
     client.reset_stream(stream, kH2RefusedStream);
     co_return;
   }
@@ -232,6 +253,8 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
     HeaderList fields{{"content-type", "text/plain; charset=utf-8"},
                       {"x-tokgate-error", std::string(failure.code)}};
     std::string body = failure.reason + "\n";
+    record_done(static_cast<unsigned>(failure.status), 0, body.size(), failure.code,
+                failure.reason);
     co_await answer_h2(stream, client, static_cast<unsigned>(failure.status), fields,
                        std::move(body));
   };
@@ -286,6 +309,33 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
     };
     response.own_body.tap = request.response_tap;
   }
+  // Action capture: the exchange as the client saw it, for a HAR file.
+  std::shared_ptr<HarExchange> har;
+  BodyCapture request_capture;
+  BodyCapture response_capture;
+  if (judgement.decision.action == policy::Action::capture && !websocket) {
+    har = std::make_shared<HarExchange>();
+    har->started = record.started;
+    har->method = std::string(method);
+    har->url = "https://" + std::string(authority) + std::string(path);
+    har->http_version = "h2";
+    for (const auto& field : stream.head) {
+      if (!field.name.starts_with(':')) har->request_headers.push_back({field.name, field.value});
+    }
+    har->server_ip = facts_.upstream_ip;
+    har->connection = std::to_string(id_);
+    request_capture.limit = config_.capture_body_bytes;
+    response_capture.limit = config_.capture_body_bytes;
+    auto already = stream.body_in.peek();  // what arrived before this handler ran
+    request_capture.add(reinterpret_cast<const char*>(already.data()), already.size());
+    stream.body_in.tap = [&](std::span<const uint8_t> bytes) {
+      request_capture.add(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    };
+    request.response_tap = [&](std::span<const uint8_t> bytes) {
+      response_capture.add(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    };
+    response.own_body.tap = request.response_tap;
+  }
   Deadline deadline(executor);
   std::vector<char> chunk(kExchangeChunk);
   std::function<void()> on_expire = [&] {
@@ -301,6 +351,9 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
               respond_h2(mux, stream, request, response));
   };
   co_await (exchange() || deadline.watch(on_expire));
+  // The taps point into this frame: nothing may call them once it is gone.
+  stream.body_in.tap = nullptr;
+  if (response.body != nullptr) response.body->tap = nullptr;
   client.release(stream);
   if (response.h2_stream && mux.origin_h2 != nullptr) mux.origin_h2->release(*response.h2_stream);
 
@@ -313,7 +366,14 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
   line.kv("request_bytes", stream.body_in.total())
       .kv("response_bytes", response.body->total())
       .kv("ms", elapsed.count());
-  if (stream.error_code != 0) line.kv("error", "stream-reset").kv("h2_error", stream.error_code);
+  // A client may close as soon as it has content-length bytes, before END_STREAM reaches it:
+  // that response was delivered whole, whatever the stream's end says.
+  const bool body_complete = response.content_length &&
+                             response.body->total() == *response.content_length &&
+                             response.body->buffered() == 0;
+  if (stream.error_code != 0 && !body_complete) {
+    line.kv("error", "stream-reset").kv("h2_error", stream.error_code);
+  }
   if (websocket && response.status == 200) {
     stream.body_in.tap = nullptr;
     auto closed = log::info("websocket-closed");
@@ -334,6 +394,58 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
     if (frames_down.close_code()) closed.kv("close_code_down", *frames_down.close_code());
     if (frames_up.failed() || frames_down.failed()) closed.kv("error", "websocket-framing");
   }
+
+  if (response.head_ready) {
+    record.first_byte_ms =
+        std::chrono::duration<double, std::milli>(response.head_at - stream_started).count();
+  }
+  std::string error;
+  std::string reason;
+  if (response.failure) {
+    error = response.failure->code;
+    reason = response.failure->reason;
+  } else if (stream.error_code != 0 && !body_complete) {
+    error = "stream-reset";
+    reason = "HTTP/2 error code " + std::to_string(stream.error_code);
+  }
+  uint64_t up = stream.body_in.total();
+  uint64_t down = response.body->total();
+  if (websocket && response.status == 200) {
+    record.scheme = "wss";
+    record.ws_messages_up = frames_up.counts().messages;
+    record.ws_messages_down = frames_down.counts().messages;
+    if (frames_up.close_code()) {
+      record.ws_close_code = *frames_up.close_code();
+    } else if (frames_down.close_code()) {
+      record.ws_close_code = *frames_down.close_code();
+    }
+    up = frames_up.counts().data_bytes();
+    down = frames_down.counts().data_bytes();
+    if (error.empty() && (frames_up.failed() || frames_down.failed())) error = "websocket-framing";
+  }
+  if (har) {
+    har->status =
+        response.failure ? static_cast<unsigned>(response.failure->status) : response.status;
+    for (const auto& field : response.fields) {
+      har->response_headers.push_back({field.name, field.value});
+    }
+    if (response.content_length) {
+      har->response_headers.push_back({"content-length", std::to_string(*response.content_length)});
+    }
+    har->request_body = {std::move(request_capture.bytes), up, request_capture.truncated};
+    har->response_body = {std::move(response_capture.bytes), down, response_capture.truncated};
+    if (record.connect_ms) har->connect_ms = *record.connect_ms;
+    if (record.tls_ms) har->ssl_ms = *record.tls_ms;
+    const double total = ms_since(stream_started);
+    har->wait_ms = record.first_byte_ms.value_or(total);
+    har->receive_ms = std::max(0.0, total - har->wait_ms);
+    har->comment =
+        "tokgate flow " + record.flow + ", rule " + record.rule + ", category " + record.category;
+    record.har = std::move(har);
+    record.har_full = judgement.decision.full_capture;
+  }
+  record_done(response.failure ? static_cast<unsigned>(response.failure->status) : response.status,
+              up, down, error, reason);
 }
 
 awaitable<void> ClientSession::exchange_with_origin(MuxState& mux, OriginRequest& request,
@@ -576,6 +688,19 @@ awaitable<void> ClientSession::serve_h1_via_h2(MuxState& mux, TlsStream& client)
         .kv("rule", label_.rule)
         .kv("client_proto", "http/1.1")
         .kv("server_proto", "h2");
+    if (response.head_ready) {
+      pending_first_byte_ms_ =
+          std::chrono::duration<double, std::milli>(response.head_at - pending_started_).count();
+    }
+    if (!(response.failure && !response_started)) {
+      // (A failure before the response is recorded by send_failure, with its status.)
+      finish_pending(
+          response.failure ? static_cast<unsigned>(response.failure->status) : response.status,
+          request_body.total(), response.body->total(),
+          response.failure ? std::string_view(response.failure->code)
+          : written        ? std::string_view()
+                           : std::string_view("client-gone"));
+    }
     if (response.failure && !response_started) {
       failure_ = *response.failure;
       co_await send_failure(client, version);

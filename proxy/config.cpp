@@ -34,6 +34,10 @@ constexpr auto kSectionIntercept = "intercept"sv;
 constexpr auto kSectionPolicy = "policy"sv;
 constexpr auto kSectionTimeouts = "timeouts"sv;
 constexpr auto kSectionLimits = "limits"sv;
+constexpr auto kSectionFlowLog = "flow_log"sv;
+constexpr auto kSectionPrivacy = "privacy"sv;
+constexpr auto kSectionCapture = "capture"sv;
+constexpr auto kSectionGeoip = "geoip"sv;
 
 constexpr auto kKeyListen = "listen"sv;
 constexpr auto kKeyAdmin = "admin"sv;
@@ -46,6 +50,17 @@ constexpr auto kKeyKey = "key"sv;
 constexpr auto kKeySystemTrust = "system_trust"sv;
 constexpr auto kKeyExtraCa = "extra_ca"sv;
 constexpr auto kKeyResolve = "resolve"sv;
+constexpr auto kKeyPath = "path"sv;
+constexpr auto kKeyFormat = "format"sv;
+constexpr auto kKeyQueue = "queue"sv;
+constexpr auto kKeyQuery = "query"sv;
+constexpr auto kKeyClient = "client"sv;
+constexpr auto kKeyClientKeyFile = "client_key_file"sv;
+constexpr auto kKeyRedactHeaders = "redact_headers"sv;
+constexpr auto kKeyBodyBytes = "body_bytes"sv;
+constexpr auto kKeyKeylog = "keylog"sv;
+constexpr auto kKeyCountryDb = "country_db"sv;
+constexpr auto kKeyAsnDb = "asn_db"sv;
 constexpr auto kKeyHosts = "hosts"sv;
 constexpr auto kKeyRefuse = "refuse"sv;
 constexpr auto kKeyProfile = "profile"sv;
@@ -409,39 +424,44 @@ constexpr KeySpec kTimeoutKeys[] = {
 // ---- [limits]
 
 // A size is a string with a unit ("64KiB") or a plain integer of bytes (string or TOML integer).
-template <std::size_t Limits::*Field, std::size_t Min, std::size_t Max>
-void apply_size(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
+std::optional<std::size_t> size_value(Loader& loader, const toml::node& node,
+                                      const std::string& what, std::size_t min, std::size_t max) {
   uint64_t bytes = 0;
   std::string shown;
   if (const auto* integer = node.as_integer()) {
     if (integer->get() < 0) {
       loader.error(node, what, "size must not be negative");
-      return;
+      return std::nullopt;
     }
     bytes = static_cast<uint64_t>(integer->get());
     shown = std::to_string(bytes);
   } else if (node.is_string()) {
     auto text = loader.string(node, what);
-    if (!text) return;
+    if (!text) return std::nullopt;
     auto parsed = parse_quantity(*text, kSizeUnits, kSizeUnitList);
     if (!parsed) {
       loader.error(node, what, "bad size " + quote(*text) + ": " + parsed.error());
-      return;
+      return std::nullopt;
     }
     bytes = *parsed;
     shown = quote(*text);
   } else {
     loader.error(node, what,
                  "expected a size such as \"64KiB\", got " + std::string(type_name(node)));
-    return;
+    return std::nullopt;
   }
-  if (bytes < Min || bytes > Max) {
+  if (bytes < min || bytes > max) {
     loader.error(
         node, what,
-        "size " + shown + " is out of range (" + format_size(Min) + ".." + format_size(Max) + ")");
-    return;
+        "size " + shown + " is out of range (" + format_size(min) + ".." + format_size(max) + ")");
+    return std::nullopt;
   }
-  config.limits.*Field = static_cast<std::size_t>(bytes);
+  return static_cast<std::size_t>(bytes);
+}
+
+template <std::size_t Limits::*Field, std::size_t Min, std::size_t Max>
+void apply_size(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
+  if (auto bytes = size_value(loader, node, what, Min, Max)) config.limits.*Field = *bytes;
 }
 
 template <std::size_t Limits::*Field>
@@ -460,6 +480,108 @@ constexpr KeySpec kLimitKeys[] = {
     {kKeyLeafCache, apply_count<&Limits::leaf_cache_entries>},
 };
 
+// ---- [flow_log], [privacy], [capture], [geoip]
+
+void apply_flow_log_path(Loader& loader, Config& config, const toml::node& node,
+                         const std::string& what) {
+  auto text = loader.string(node, what);
+  if (!text) return;
+  if (*text == "-" || text->empty()) {
+    config.flow_log = std::string(*text);  // stdout, or none: not paths to resolve
+  } else if (auto path = loader.path(node, what)) {
+    config.flow_log = std::move(*path);
+  }
+}
+
+void apply_flow_log_format(Loader& loader, Config& config, const toml::node& node,
+                           const std::string& what) {
+  auto text = loader.string(node, what);
+  if (!text) return;
+  if (*text != "json" && *text != "squid") {
+    loader.error(node, what, "unknown format " + quote(*text) + " (json or squid)");
+    return;
+  }
+  config.flow_log_format = std::string(*text);
+}
+
+void apply_flow_log_queue(Loader& loader, Config& config, const toml::node& node,
+                          const std::string& what) {
+  if (auto value = loader.integer(node, what, 16, 16 * 1024 * 1024)) {
+    config.flow_log_queue = static_cast<std::size_t>(*value);
+  }
+}
+
+constexpr KeySpec kFlowLogKeys[] = {
+    {kKeyPath, apply_flow_log_path},
+    {kKeyFormat, apply_flow_log_format},
+    {kKeyQueue, apply_flow_log_queue},
+};
+
+void apply_query_privacy(Loader& loader, Config& config, const toml::node& node,
+                         const std::string& what) {
+  auto text = loader.string(node, what);
+  if (!text) return;
+  if (auto mode = parse_query_privacy(*text)) {
+    config.query_privacy = *mode;
+  } else {
+    loader.error(node, what, "unknown query privacy " + quote(*text) + " (redact, full or omit)");
+  }
+}
+
+void apply_client_privacy(Loader& loader, Config& config, const toml::node& node,
+                          const std::string& what) {
+  auto text = loader.string(node, what);
+  if (!text) return;
+  if (*text == "full") {
+    config.pseudonymise_clients = false;
+  } else if (*text == "pseudonymise") {
+    config.pseudonymise_clients = true;
+  } else {
+    loader.error(node, what, "unknown client privacy " + quote(*text) + " (full or pseudonymise)");
+  }
+}
+
+void apply_redact_headers(Loader& loader, Config& config, const toml::node& node,
+                          const std::string& what) {
+  std::vector<std::string> names;
+  loader.each(node, what, [&](const toml::node& element, const std::string& where) {
+    auto text = loader.string(element, where);
+    if (!text) return;
+    if (text->empty() || text->size() > 128 ||
+        text->find_first_of(" \t:\r\n") != std::string_view::npos) {
+      loader.error(element, where, "bad header name " + quote(*text));
+      return;
+    }
+    std::string name(*text);
+    for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    names.push_back(std::move(name));
+  });
+  config.redact_headers = std::move(names);
+}
+
+constexpr KeySpec kPrivacyKeys[] = {
+    {kKeyQuery, apply_query_privacy},
+    {kKeyClient, apply_client_privacy},
+    {kKeyClientKeyFile, apply_path<&Config::client_key_file>},
+    {kKeyRedactHeaders, apply_redact_headers},
+};
+
+void apply_capture_body_bytes(Loader& loader, Config& config, const toml::node& node,
+                              const std::string& what) {
+  if (auto bytes = size_value(loader, node, what, 0, 1 * GiB)) config.capture_body_bytes = *bytes;
+}
+
+constexpr KeySpec kCaptureKeys[] = {
+    {kKeyDir, apply_path<&Config::capture_dir>},
+    {kKeyBodyBytes, apply_capture_body_bytes},
+    {kKeyKeylog, apply_path<&Config::keylog_file>},
+};
+
+constexpr KeySpec kGeoipKeys[] = {
+    {kKeyCountryDb, apply_path<&Config::geoip_country_db>},
+    {kKeyAsnDb, apply_path<&Config::geoip_asn_db>},
+};
+
 // ---- the document
 
 struct SectionSpec {
@@ -471,7 +593,9 @@ constexpr SectionSpec kSections[] = {
     {kSectionProxy, kProxyKeys},       {kSectionCa, kCaKeys},
     {kSectionUpstream, kUpstreamKeys}, {kSectionIntercept, kInterceptKeys},
     {kSectionPolicy, kPolicyKeys},     {kSectionTimeouts, kTimeoutKeys},
-    {kSectionLimits, kLimitKeys},
+    {kSectionLimits, kLimitKeys},      {kSectionFlowLog, kFlowLogKeys},
+    {kSectionPrivacy, kPrivacyKeys},   {kSectionCapture, kCaptureKeys},
+    {kSectionGeoip, kGeoipKeys},
 };
 
 const toml::node* find(const toml::table& root, std::string_view section, std::string_view key) {

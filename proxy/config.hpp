@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "policy/net_types.hpp"
+#include "proxy/privacy.hpp"
 
 namespace tokgate::proxy {
 
@@ -87,6 +88,26 @@ struct Config {
   std::filesystem::path policy_file;
   std::filesystem::path catalog_dir;
   bool policy_watch = true;
+
+  // [flow_log]: one JSON line (or Squid line) per request; docs/flow-log.md.
+  std::filesystem::path flow_log;  // "-" = stdout; empty = none
+  std::string flow_log_format = "json";
+  std::size_t flow_log_queue = 65536;
+
+  // [privacy]
+  QueryPrivacy query_privacy = QueryPrivacy::redact;
+  bool pseudonymise_clients = false;
+  std::filesystem::path client_key_file;    // default: <ca dir>/client-pseudonym.key
+  std::vector<std::string> redact_headers;  // more header names to redact in captures
+
+  // [capture]: HAR files for action capture, and the opt-in TLS key log.
+  std::filesystem::path capture_dir;  // empty = <ca dir>/../captures
+  std::size_t capture_body_bytes = 1024 * 1024;
+  std::filesystem::path keylog_file;  // SSLKEYLOGFILE format; empty = off
+
+  // [geoip]: MaxMind-format databases (GeoLite2, DB-IP Lite); empty = no lookups.
+  std::filesystem::path geoip_country_db;
+  std::filesystem::path geoip_asn_db;
 
   Timeouts timeouts;
   Limits limits;

@@ -41,12 +41,25 @@ struct BodyResult {
 // Streams the rest of a message from `in` to `out`: the head was parsed by `parser` and has
 // already been written through `serializer`. Every chunk moves the deadline forward by `stall`,
 // so a body may take as long as it needs while it keeps moving.
+// The first bytes of a body, kept for a HAR capture while it streams past.
+struct BodyCapture {
+  std::string bytes;
+  std::size_t limit = 0;
+  bool truncated = false;
+  void add(const char* data, std::size_t size) {
+    const std::size_t room = limit > bytes.size() ? limit - bytes.size() : 0;
+    if (size > room) truncated = true;
+    bytes.append(data, std::min(size, room));
+  }
+};
+
 template <bool isRequest, class InStream, class OutStream>
 awaitable<BodyResult> relay_body(InStream& in, beast::flat_buffer& in_buffer,
                                  http::parser<isRequest, http::buffer_body>& parser, OutStream& out,
                                  http::serializer<isRequest, http::buffer_body>& serializer,
                                  std::span<char> chunk, Deadline& deadline,
-                                 std::chrono::milliseconds stall, uint64_t& bytes) {
+                                 std::chrono::milliseconds stall, uint64_t& bytes,
+                                 BodyCapture* capture = nullptr) {
   auto& body = parser.get().body();
   while (!serializer.is_done()) {
     deadline.set(stall, isRequest ? "request-body" : "response-body");
@@ -59,6 +72,7 @@ awaitable<BodyResult> relay_body(InStream& in, beast::flat_buffer& in_buffer,
       body.data = chunk.data();
       body.more = !parser.is_done();
       bytes += body.size;
+      if (capture != nullptr) capture->add(chunk.data(), body.size);
     } else {
       body.data = nullptr;
       body.size = 0;

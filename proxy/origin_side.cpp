@@ -343,6 +343,7 @@ awaitable<void> forward_over_h1(OriginConnection& connection, OriginRequest& req
   std::size_t head_field_count = 0;
   for (auto it = message.begin(); it != message.end(); ++it) ++head_field_count;
   response.head_ready = true;
+  response.head_at = std::chrono::steady_clock::now();
   response.ready.notify();
 
   auto& body = message.body();
@@ -442,6 +443,7 @@ awaitable<void> forward_websocket_over_h1(OriginConnection& connection, OriginRe
     response.content_length = 0;
     response.body->finish();
     response.head_ready = true;
+    response.head_at = std::chrono::steady_clock::now();
     response.ready.notify();
     co_return;
   }
@@ -457,6 +459,7 @@ awaitable<void> forward_websocket_over_h1(OriginConnection& connection, OriginRe
     }
   }
   response.head_ready = true;
+  response.head_at = std::chrono::steady_clock::now();
   response.ready.notify();
 
   // Frames the origin sent right behind its 101.
@@ -562,6 +565,7 @@ awaitable<void> forward_over_h2(H2Connection& origin, OriginRequest& request,
   }
   response.body = &stream.body_in;
   response.head_ready = true;
+  response.head_at = std::chrono::steady_clock::now();
   response.ready.notify();
   // The body arrives through nghttp2's callbacks; each DATA frame wakes us to push the stall
   // deadline forward.

@@ -49,7 +49,8 @@ struct OriginResponse {
   HeaderList fields;  // end-to-end fields, lower-case names
   std::optional<uint64_t> content_length;
   bool head_ready = false;
-  std::optional<Failure> failure;  // no response head will come
+  std::chrono::steady_clock::time_point head_at{};  // when head_ready was set (first byte)
+  std::optional<Failure> failure;                   // no response head will come
   BodyPipe* body = &own_body;
   BodyPipe own_body;
   Signal ready;

@@ -24,6 +24,10 @@ Runtime::Runtime(Config config_in, certs::CertificateAuthority ca_in,
       policy(policy_in),
       pinned(policy_in->policy->pinned_table_size()) {}
 
+void Runtime::submit_flow(unsigned worker, FlowRecord record) {
+  if (flows) flows->submit(worker, std::move(record));
+}
+
 policy::ConnectionDecision Runtime::decide_connection(const PolicySnapshot& snapshot,
                                                       const policy::RequestFacts& facts) {
   auto decision = snapshot.policy->decide_connection(*snapshot.catalog, facts);

@@ -12,8 +12,13 @@
 #include "policy/host_pattern.hpp"
 #include "policy/types.hpp"
 #include "proxy/config.hpp"
+#include "proxy/flow_sink.hpp"
+#include "proxy/geoip.hpp"
+#include "proxy/keylog.hpp"
+#include "proxy/metrics.hpp"
 #include "proxy/pinned_hosts.hpp"
 #include "proxy/policy_state.hpp"
+#include "proxy/privacy.hpp"
 
 namespace tokgate::proxy {
 
@@ -36,6 +41,16 @@ struct Runtime {
   policy::HostPatternSet refuse_hosts;
   PolicyState policy;
   PinnedHosts pinned;
+
+  // Evidence: set up by the CLI after construction, before the workers start.
+  std::unique_ptr<FlowSink> flows;  // null: no flow log
+  // Shard 0 for the main thread, shard i + 1 for worker i.
+  std::unique_ptr<Metrics> metrics;
+  std::optional<ClientPseudonymiser> pseudonymiser;
+  std::unique_ptr<KeyLog> keylog;  // null unless [capture] keylog is set
+  GeoIp geoip;  // empty: no lookups (read-only after start: shared by the workers)
+  // Hands a finished record to the sinks; never blocks (a full sink drops and counts).
+  void submit_flow(unsigned worker, FlowRecord record);
 
   std::atomic<std::size_t> open_connections{0};
   std::atomic<uint64_t> next_connection_id{1};

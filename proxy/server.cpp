@@ -72,6 +72,10 @@ void Server::bind_admin() {
   content.ca_pem = runtime_.ca.pem();
   content.ca_der = runtime_.ca.der();
   content.ca_fingerprint = runtime_.ca.fingerprint_sha256();
+  content.metrics_text = [this] { return runtime_.metrics->render_prometheus(); };
+  content.ready = [this] {
+    return std::ranges::none_of(workers_, [](const auto& worker) { return worker->draining(); });
+  };
   content.status_json = [this] {
     std::size_t active = 0;
     for (auto& worker : workers_) active += worker->active_sessions();
@@ -96,6 +100,7 @@ void Server::bind_admin() {
 
 void Server::reload(std::string_view why) {
   if (runtime_.policy.reload(runtime_.config)) {
+    runtime_.metrics->policy_reload_succeeded(std::chrono::system_clock::now());
     auto snapshot = runtime_.policy.current();
     log::info("policy-reloaded")
         .kv("trigger", why)
@@ -106,6 +111,7 @@ void Server::reload(std::string_view why) {
         .kv("generation", snapshot->generation);
   } else {
     // The old snapshot stays in force: a typo in the file must not open or close the gates.
+    runtime_.metrics->policy_reload_failed();
     log::error("policy-reload-failed")
         .kv("trigger", why)
         .kv("reason", runtime_.policy.last_error());
@@ -121,9 +127,18 @@ int Server::run() {
   std::function<void(const error_code&, int)> on_reload_signal = [&](const error_code& ec, int) {
     if (ec) return;
     reload("SIGHUP");
+    if (runtime_.flows) runtime_.flows->request_reopen();
     reload_signals_.async_wait(on_reload_signal);
   };
   reload_signals_.async_wait(on_reload_signal);
+  // logrotate's postrotate: the flow log is reopened, nothing else changes.
+  std::function<void(const error_code&, int)> on_reopen_signal = [&](const error_code& ec, int) {
+    if (ec) return;
+    if (runtime_.flows) runtime_.flows->request_reopen();
+    log::info("flow-log-reopen").kv("trigger", "SIGUSR1");
+    reopen_signals_.async_wait(on_reopen_signal);
+  };
+  reopen_signals_.async_wait(on_reopen_signal);
   std::function<void(const error_code&)> on_watch_tick;
   if (runtime_.config.policy_watch &&
       (!runtime_.config.policy_file.empty() || !runtime_.config.catalog_dir.empty())) {

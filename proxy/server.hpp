@@ -37,6 +37,7 @@ class Server {
   // queued, not lost (and does not kill the process with the default action).
   asio::signal_set signals_{main_io_, SIGINT, SIGTERM};
   asio::signal_set reload_signals_{main_io_, SIGHUP};
+  asio::signal_set reopen_signals_{main_io_, SIGUSR1};
   std::unique_ptr<asio::steady_timer> watch_timer_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<webui::AdminServer> admin_;

@@ -60,8 +60,29 @@ void check(int ok, std::string_view what) {
 
 }  // namespace
 
-TlsContexts::TlsContexts(const Config& config)
+namespace {
+// The KeyLog a context reports to: a slot of our own (Asio uses the context's app data).
+int keylog_index() {
+  static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+void keylog_line(const SSL* ssl, const char* line) {
+  auto* keylog = static_cast<KeyLog*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), keylog_index()));
+  if (keylog != nullptr && line != nullptr) keylog->write_line(line);
+}
+
+void attach_keylog(SSL_CTX* context, KeyLog* keylog) {
+  if (keylog == nullptr) return;
+  SSL_CTX_set_ex_data(context, keylog_index(), keylog);
+  SSL_CTX_set_keylog_callback(context, keylog_line);
+}
+}  // namespace
+
+TlsContexts::TlsContexts(const Config& config, KeyLog* keylog)
     : client_side_(asio::ssl::context::tls_server), server_side_(asio::ssl::context::tls_client) {
+  attach_keylog(client_side_.native_handle(), keylog);
+  attach_keylog(server_side_.native_handle(), keylog);
   SSL_CTX* cs = client_side_.native_handle();
   check(SSL_CTX_set_min_proto_version(cs, TLS1_2_VERSION), "client side TLS version");
   check(SSL_CTX_set_cipher_list(cs, kClientSideCiphers12), "client side ciphers");

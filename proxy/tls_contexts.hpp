@@ -11,13 +11,15 @@
 #include "certs/leaf_minter.hpp"
 #include "proxy/asio_types.hpp"
 #include "proxy/config.hpp"
+#include "proxy/keylog.hpp"
 
 namespace tokgate::proxy {
 
 class TlsContexts {
  public:
   // Throws std::runtime_error at start-up if a trust file cannot be loaded.
-  explicit TlsContexts(const Config& config);
+  // With a key log, both contexts report their session secrets to it.
+  explicit TlsContexts(const Config& config, KeyLog* keylog = nullptr);
 
   // We are the TLS server toward clients (modern suites, TLS 1.2-1.3, ALPN chosen per connection).
   asio::ssl::context& client_side() { return client_side_; }

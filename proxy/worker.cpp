@@ -10,7 +10,7 @@
 namespace tokgate::proxy {
 
 Worker::Worker(Runtime& runtime, unsigned index)
-    : runtime_(runtime), index_(index), tls_(runtime.config) {}
+    : runtime_(runtime), index_(index), tls_(runtime.config, runtime.keylog.get()) {}
 
 Worker::~Worker() {
   stop();

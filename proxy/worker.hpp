@@ -39,6 +39,7 @@ class Worker {
   Runtime& runtime() { return runtime_; }
   const Config& config() const { return runtime_.config; }
   TlsContexts& tls() { return tls_; }
+  MetricsShard& metrics() { return runtime_.metrics->shard(index_ + 1); }
   asio::io_context& io() { return *io_; }
   bool draining() const { return draining_; }
   unsigned index() const { return index_; }

@@ -8,10 +8,13 @@ packages=(
   g++ cmake ninja-build ccache pkg-config
   libboost1.81-dev libboost-json1.81-dev libboost-url1.81-dev
   libssl-dev libnghttp2-dev libtomlplusplus-dev libmaxminddb-dev libgtest-dev
+  zlib1g-dev libbrotli-dev libzstd-dev
   # run and test: real clients and tools on loopback
   ca-certificates openssl curl nghttp2-client python3
   # HTTP/2 and WebSocket tests: the test origin and h2 client (stdlib only, no npm)
   nodejs
+  # flow evidence tests: .mmdb files built at test time, a key log checked with tshark
+  libmaxmind-db-writer-perl tshark
 )
 
 missing=()

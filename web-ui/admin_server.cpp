@@ -86,8 +86,16 @@ proxy::awaitable<void> AdminServer::serve(tcp::socket socket) {
       response = make_response(http::status::method_not_allowed, "text/plain; charset=utf-8",
                                "method not allowed\n", version);
       response.set(http::field::allow, "GET, HEAD");
-    } else if (target == "/healthz" || target == "/readyz") {
+    } else if (target == "/healthz") {
       response = make_response(http::status::ok, "text/plain; charset=utf-8", "ok\n", version);
+    } else if (target == "/readyz") {
+      const bool ready = !content_.ready || content_.ready();
+      response =
+          make_response(ready ? http::status::ok : http::status::service_unavailable,
+                        "text/plain; charset=utf-8", ready ? "ready\n" : "draining\n", version);
+    } else if (target == "/metrics" && content_.metrics_text) {
+      response = make_response(http::status::ok, "text/plain; version=0.0.4; charset=utf-8",
+                               content_.metrics_text(), version);
     } else if (target == "/status") {
       response =
           make_response(http::status::ok, "application/json", content_.status_json(), version);
@@ -105,7 +113,8 @@ proxy::awaitable<void> AdminServer::serve(tcp::socket socket) {
           http::status::ok, "text/plain; charset=utf-8",
           "tokgate " + content_.version +
               "\n\nCA fingerprint (SHA-256): " + content_.ca_fingerprint +
-              "\n\n/healthz   health\n/status    status (JSON)\n/ca.pem    CA certificate (PEM)\n"
+              "\n\n/healthz   health\n/readyz    ready for traffic\n/metrics   Prometheus metrics\n"
+              "/status    status (JSON)\n/ca.pem    CA certificate (PEM)\n"
               "/ca.crt    CA certificate (DER)\n",
           version);
     } else {

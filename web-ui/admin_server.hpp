@@ -25,6 +25,9 @@ struct AdminContent {
   std::string ca_fingerprint;
   // Called on each /status request; returns a JSON object.
   std::function<std::string()> status_json;
+  // Prometheus text for /metrics; /readyz answers 503 while this says no (draining).
+  std::function<std::string()> metrics_text;
+  std::function<bool()> ready;
 };
 
 class AdminServer {

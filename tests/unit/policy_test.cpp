@@ -218,7 +218,7 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"unknown_rule_key",
                   "[[rules]]\nname = \"r\"\naction = \"block\"\ncategory = [\"web\"]\n",
                   "test.toml:4:1: unknown key 'category' in rules[0] (r) (expected name, action, "
-                  "message or match)"},
+                  "message, privacy or match)"},
         ErrorCase{"unknown_match_key",
                   "[[rules]]\nname = \"r\"\naction = \"block\"\nmatch = { hosts = [\"a.b\"] }\n",
                   "test.toml:4:11: unknown key 'hosts' in rules[0] (r).match (expected category, "
@@ -1019,6 +1019,36 @@ TEST(PolicyConnection, WithEmbeddedCatalog) {
   EXPECT_EQ(connect(*gateway, **catalog, "www.tiktok.com").verdict, ConnectionVerdict::intercept);
   EXPECT_EQ(connect(*gateway, **catalog, "nottiktok.com").verdict, ConnectionVerdict::splice);
   EXPECT_EQ(connect(*gateway, **catalog, "www.google.com").verdict, ConnectionVerdict::splice);
+}
+
+TEST(PolicyPrivacy, FullCaptureOnlyWhereTheRuleSaysSo) {
+  auto policy = parse_ok(R"([[rules]]
+name = "mine"
+action = "capture"
+privacy = "full"
+match = { path = ["/mine/*"] }
+
+[[rules]]
+name = "others"
+action = "capture"
+privacy = "redacted"
+)");
+  ASSERT_TRUE(policy);
+  Request mine;
+  mine.path = "/mine/x";
+  Request other;
+  other.path = "/other";
+  EXPECT_TRUE(decide(*policy, mine).full_capture);
+  EXPECT_EQ(decide(*policy, mine).rule, "mine");
+  EXPECT_FALSE(decide(*policy, other).full_capture);
+  EXPECT_EQ(decide(*policy, other).rule, "others");
+}
+
+TEST(PolicyPrivacy, ErrorsNameTheRule) {
+  EXPECT_EQ(parse_error("[[rules]]\nname = \"r\"\naction = \"capture\"\nprivacy = \"all\"\n"),
+            "test.toml:4:11: rules[0] (r).privacy: unknown privacy 'all' (redacted or full)");
+  EXPECT_EQ(parse_error("[[rules]]\nname = \"r\"\naction = \"block\"\nprivacy = \"full\"\n"),
+            "test.toml:4:11: rules[0] (r).privacy: privacy applies to log and capture rules only");
 }
 
 }  // namespace
