@@ -58,6 +58,25 @@ std::string Server::policy_json() const {
          "\"},\"pinned_hosts\":" + std::to_string(runtime_.pinned.size());
 }
 
+std::string Server::evidence_json() const {
+  std::string out = ",\"flow_log\":";
+  if (runtime_.flows) {
+    const auto& flows = *runtime_.flows;
+    out += "{\"path\":\"" + webui::json_escape(flows.options().path.string()) + "\",\"format\":\"" +
+           std::string(to_string(flows.options().format)) +
+           "\",\"written\":" + std::to_string(flows.written()) +
+           ",\"dropped\":" + std::to_string(flows.dropped()) +
+           ",\"write_errors\":" + std::to_string(flows.write_errors()) +
+           ",\"captures\":" + std::to_string(flows.captures_written()) + ",\"capture_dir\":\"" +
+           webui::json_escape(flows.options().capture_dir.string()) + "\"}";
+  } else {
+    out += "null";
+  }
+  out += ",\"geoip\":\"" + webui::json_escape(runtime_.geoip.describe()) + "\"";
+  out += ",\"keylog\":" + std::string(runtime_.keylog ? "true" : "false");
+  return out;
+}
+
 void Server::bind_admin() {
   const Endpoint& configured = runtime_.config.admin;
   if (!configured.address.unmapped().is_v4() || configured.address.bytes()[0] != 127) {
@@ -86,7 +105,8 @@ void Server::bind_admin() {
            ",\"open_connections\":" + std::to_string(active) +
            ",\"leaf_cache\":{\"size\":" + std::to_string(runtime_.leaf_cache.size()) +
            ",\"hits\":" + std::to_string(runtime_.leaf_cache.hits()) +
-           ",\"mints\":" + std::to_string(runtime_.leaf_cache.misses()) + "}" + policy_json() + "}";
+           ",\"mints\":" + std::to_string(runtime_.leaf_cache.misses()) + "}" + policy_json() +
+           evidence_json() + "}";
   };
   try {
     admin_ = std::make_unique<webui::AdminServer>(main_io_, to_tcp(configured), std::move(content));

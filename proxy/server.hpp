@@ -23,6 +23,7 @@ class Server {
   // Binds every listener on every worker; throws std::runtime_error naming the address.
   void bind();
   std::string policy_json() const;
+  std::string evidence_json() const;
   // Reloads the policy and catalog; logs the outcome. Main thread.
   void reload(std::string_view why);
   // Binds the admin listener (loopback only until the web UI brings authentication).

@@ -34,6 +34,13 @@
 //                    gets a pong with the same payload, close gets a close with the same code.
 //   /stall           never answers
 //   /status/N        status N, empty body
+//   /encoded/N       N bytes of the shared pattern, content-encoded per ?coding=gzip|br|deflate
+//                    (default gzip) with content-encoding and content-length (of the encoded
+//                    bytes; ?chunked=1: without, HTTP/1.1 chunked). x-length / x-sha256 describe
+//                    the decoded body, x-encoded-length / x-encoded-sha256 the bytes on the wire.
+//                    N is at most 16 MiB (the whole body is compressed in memory).
+//   /set-headers     200 with a small text body and one response header per query parameter
+//                    (?set-cookie=a%3Db&x-thing=1: Set-Cookie: a=b, X-Thing: 1)
 // Bodies stream with back-pressure through small slices: nothing holds a whole body.
 
 import crypto from 'node:crypto';
@@ -41,6 +48,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
 import https from 'node:https';
+import zlib from 'node:zlib';
 
 // --- the shared body pattern (same bytes as origin.py) ---------------------------------------
 
@@ -55,6 +63,7 @@ const PATTERN_BLOCK =
 const CHUNKED_SLICES = [1, 17, 4093, 65536, 7, 65521, 300, 32767, 2, 16385];
 
 const MAX_BODY = 2 ** 31;
+const MAX_ENCODED_BODY = 16 * 1024 * 1024;
 const MAX_TRAILER_BODY = 1024 * 1024;
 const MAX_WS_FRAME = 16 * 1024 * 1024;
 const MAX_WS_MESSAGE = 64 * 1024 * 1024;
@@ -344,6 +353,20 @@ async function handleRequest(req, res, plain) {
       const size = query.has('size') ? parseCount(query.get('size'), MAX_TRAILER_BODY) : 1000;
       return await sendWithTrailers(exchange, size);
     }
+    if (route === 'encoded' && segments.length >= 2) {
+      return await sendEncoded(exchange, parseCount(segments[1], MAX_ENCODED_BODY),
+                               query.get('coding') || 'gzip', query.get('chunked') === '1');
+    }
+    if (route === 'set-headers') {
+      await bodyRead;
+      const headers = {'content-type': 'text/plain'};
+      for (const [name, value] of query) headers[name.toLowerCase()] = value;
+      const body = Buffer.from('headers set\n');
+      headers['content-length'] = body.length;
+      exchange.respond(200, headers);
+      if (!(await exchange.write(body))) return;
+      return exchange.end();
+    }
     if (route === 'status' && segments.length >= 2) {
       const status = parseCount(segments[1], 599);
       if (status === null || status < 200) return exchange.sendText(400, 'bad status\n');
@@ -374,6 +397,37 @@ async function sendBytes(exchange, n, chunked) {
     const size = Math.min(wanted, MAX_SLICE, n - offset);
     if (!(await exchange.write(patternSlice(offset, size)))) return;
     offset += size;
+  }
+  exchange.end();
+}
+
+function encodeBody(coding, body) {
+  if (coding === 'gzip') return zlib.gzipSync(body);
+  if (coding === 'deflate') return zlib.deflateSync(body);  // zlib-wrapped, as RFC 9110 says
+  if (coding === 'br') return zlib.brotliCompressSync(body);
+  return null;
+}
+
+async function sendEncoded(exchange, n, coding, chunked) {
+  if (n === null) return exchange.sendText(400, 'bad length\n');
+  const plain = Buffer.concat(Array.from(
+      {length: Math.ceil(n / MAX_SLICE)},
+      (_, i) => patternSlice(i * MAX_SLICE, Math.min(MAX_SLICE, n - i * MAX_SLICE))));
+  const encoded = encodeBody(coding, plain);
+  if (encoded === null) return exchange.sendText(400, 'coding is gzip, br or deflate\n');
+  const headers = {
+    'content-type': 'application/octet-stream',
+    'content-encoding': coding,
+    'x-length': String(n),
+    'x-sha256': patternSha256(n),
+    'x-encoded-length': String(encoded.length),
+    'x-encoded-sha256': crypto.createHash('sha256').update(encoded).digest('hex'),
+  };
+  if (!chunked) headers['content-length'] = String(encoded.length);
+  exchange.respond(200, headers);
+  if (exchange.req.method === 'HEAD') return exchange.end();
+  for (let offset = 0; offset < encoded.length; offset += MAX_SLICE) {
+    if (!(await exchange.write(encoded.subarray(offset, offset + MAX_SLICE)))) return;
   }
   exchange.end();
 }

@@ -107,6 +107,63 @@ watch = false
   EXPECT_NE(bad.error().find("t.toml:3:9: "), std::string::npos) << bad.error();
 }
 
+TEST(Config, EvidenceSections) {
+  auto defaults = parse_ok("");
+  EXPECT_TRUE(defaults.flow_log.empty());
+  EXPECT_EQ(defaults.flow_log_format, "json");
+  EXPECT_EQ(defaults.query_privacy, QueryPrivacy::redact);
+  EXPECT_FALSE(defaults.pseudonymise_clients);
+  EXPECT_EQ(defaults.capture_body_bytes, 1024u * 1024u);
+  EXPECT_TRUE(defaults.keylog_file.empty());
+  EXPECT_TRUE(defaults.geoip_country_db.empty());
+
+  auto c = parse_ok(R"(
+[flow_log]
+path = "-"
+format = "squid"
+queue = 1000
+
+[privacy]
+query = "omit"
+client = "pseudonymise"
+client_key_file = "/srv/key"
+redact_headers = ["X-Secret-Token"]
+
+[capture]
+dir = "/srv/captures"
+body_bytes = "64KiB"
+keylog = "/srv/keys.log"
+
+[geoip]
+country_db = "/srv/country.mmdb"
+asn_db = "/srv/asn.mmdb"
+)");
+  EXPECT_EQ(c.flow_log, "-");
+  EXPECT_EQ(c.flow_log_format, "squid");
+  EXPECT_EQ(c.flow_log_queue, 1000u);
+  EXPECT_EQ(c.query_privacy, QueryPrivacy::omit);
+  EXPECT_TRUE(c.pseudonymise_clients);
+  EXPECT_EQ(c.client_key_file, "/srv/key");
+  EXPECT_EQ(c.redact_headers, std::vector<std::string>{"x-secret-token"});
+  EXPECT_EQ(c.capture_dir, "/srv/captures");
+  EXPECT_EQ(c.capture_body_bytes, 64u * 1024u);
+  EXPECT_EQ(c.keylog_file, "/srv/keys.log");
+  EXPECT_EQ(c.geoip_country_db, "/srv/country.mmdb");
+  EXPECT_EQ(c.geoip_asn_db, "/srv/asn.mmdb");
+
+  auto bad = parse_config(
+      "[flow_log]\nformat = \"xml\"\nqueue = 1\n[privacy]\nquery = \"hide\"\n"
+      "client = \"anon\"\nredact_headers = [\"a b\"]\n[capture]\nbody_bytes = \"lots\"\n",
+      "t.toml");
+  ASSERT_FALSE(bad);
+  for (auto expected : {"t.toml:2:10: flow_log.format: unknown format 'xml' (json or squid)",
+                        "t.toml:3:9: ", "t.toml:5:9: privacy.query: unknown query privacy 'hide'",
+                        "t.toml:6:10: privacy.client: unknown client privacy 'anon'",
+                        "t.toml:7:19: ", "bad header name 'a b'", "t.toml:9:14: "}) {
+    EXPECT_NE(bad.error().find(expected), std::string::npos) << expected << "\n" << bad.error();
+  }
+}
+
 TEST(Config, EveryKeySet) {
   auto c = parse_ok(R"(
 [proxy]
