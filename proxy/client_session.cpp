@@ -8,6 +8,7 @@
 #include <boost/url/parse.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 
 #include "certs/openssl_ptr.hpp"
@@ -54,6 +55,9 @@ OriginHandshakeFailure origin_failure_reason(SSL* ssl, const error_code& ec) {
 constexpr uint8_t kAccessDeniedAlert[] = {0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31};
 // How long we keep trying to deliver our own error responses and TLS close_notify.
 constexpr milliseconds kGoodbyeBudget{2'000};
+// Lingering close: how long, and how much, we read and discard after our FIN.
+constexpr milliseconds kLingerBudget{1'000};
+constexpr std::size_t kLingerBytes = 1024 * 1024;
 
 bool is_allowed_method(http::verb verb) {
   switch (verb) {
@@ -248,6 +252,25 @@ awaitable<void> ClientSession::flow() {
   }
   chunk_ = std::make_unique<char[]>(config_.limits.relay_buffer_bytes);
   co_await serve_explicit();
+  if (client_socket_.is_open()) co_await linger(client_socket_);
+}
+
+// Closing a socket with unread input makes the kernel send RST, and a RST can destroy our last
+// words (an error page, a GOAWAY) in the client's receive queue before it reads them. So: FIN
+// first, then read and discard what the client still sends, for a moment, as servers do.
+awaitable<void> ClientSession::linger(tcp::socket& socket) {
+  error_code ec;
+  socket.shutdown(tcp::socket::shutdown_send, ec);
+  if (ec) co_return;
+  deadline_.rearm();
+  deadline_.set(kLingerBudget, "linger");
+  std::array<char, 4096> discard;
+  std::size_t drained = 0;
+  while (drained < kLingerBytes) {
+    auto [rec, n] = co_await socket.async_read_some(asio::buffer(discard), use_nothrow);
+    if (rec) break;
+    drained += n;
+  }
 }
 
 std::optional<Failure> ClientSession::check_request(const RequestParser& parser) const {
@@ -636,6 +659,7 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
       decision.verdict == ConnectionVerdict::refuse && decision.rule == "pinned";
   facts_.category = policy::to_string(decision.category);
   facts_.rule = decision.rule;
+  facts_.verdict = policy::to_string(decision.verdict);  // may still change with the SNI
   if (decision.verdict == ConnectionVerdict::refuse && !pinned_refusal) {
     facts_.verdict = "refuse";
     log::info("connection")
@@ -760,6 +784,7 @@ awaitable<void> ClientSession::splice(tcp::socket& server, std::span<const uint8
             pump(server, client_socket_, down_buffer, down, deadline_, config_.timeouts.idle));
   log::info("tunnel-closed").kv("conn", id_).kv("bytes_up", up).kv("bytes_down", down);
   FlowRecord record = connection_record();
+  record.status = 200;  // the CONNECT was answered "200 Connection established"
   record.bytes_up = up;
   record.bytes_down = down;
   record.total_ms =
@@ -772,6 +797,9 @@ awaitable<void> ClientSession::refuse_tls(const ClientHello& hello) {
   (void)hello;
   deadline_.set(kGoodbyeBudget, "refuse");
   FlowRecord record = connection_record();
+  record.total_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::system_clock::now() - facts_.started)
+          .count();
   if (facts_.rule == "pinned") {
     record.error = "pinned";
     record.error_reason = "the host's clients rejected our certificate recently";
@@ -922,6 +950,7 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
   deadline_.rearm();
   deadline_.set(kGoodbyeBudget, "tls-shutdown");
   co_await client.async_shutdown(use_nothrow);
+  co_await linger(client.next_layer());
 }
 
 template <class ClientStream, class ServerStream>

@@ -59,6 +59,7 @@ class ClientSession {
   awaitable<bool> connect_server(tcp::socket& server, const Target& target);
   awaitable<void> splice(tcp::socket& server, std::span<const uint8_t> client_bytes);
   awaitable<void> refuse_tls(const ClientHello& hello);
+  awaitable<void> linger(tcp::socket& socket);
   awaitable<void> intercept(tcp::socket server, const ClientHello& hello,
                             std::span<const uint8_t> client_bytes, const Target& target);
 
@@ -116,6 +117,7 @@ class ClientSession {
                              OriginResponse& response);
   awaitable<void> answer_h2(H2Stream& stream, H2Connection& client, unsigned status,
                             const HeaderList& fields, std::string body);
+  awaitable<void> answer_h2_failure(H2Stream& stream, H2Connection& client, const Failure& failure);
 
   // ---- evidence: the flow records of this connection (client_session_flow.cpp)
   // What is known of the connection, copied into each of its records.

@@ -56,6 +56,8 @@ FlowRecord ClientSession::connection_record() const {
   record.port = facts_.port;
   record.verdict = facts_.verdict;
   record.bumped = facts_.bumped;
+  // A connection that carries no request of its own is acted on as a whole.
+  if (facts_.verdict == "splice" || facts_.verdict == "refuse") record.action = facts_.verdict;
   record.category = facts_.category;
   record.rule = facts_.rule;
   record.client_alpn = facts_.client_alpn;

@@ -156,6 +156,22 @@ awaitable<void> ClientSession::answer_h2(H2Stream& stream, H2Connection& client,
   client.release(stream);
 }
 
+// The proxy's own error for one stream: logged, and answered as text that says why.
+awaitable<void> ClientSession::answer_h2_failure(H2Stream& stream, H2Connection& client,
+                                                 const Failure& failure) {
+  log::warn("request-failed")
+      .kv("conn", id_)
+      .kv("stream", stream.id)
+      .kv("status", static_cast<unsigned>(failure.status))
+      .kv("error", failure.code)
+      .kv("reason", failure.reason);
+  HeaderList fields{{"content-type", "text/plain; charset=utf-8"},
+                    {"x-tokgate-error", std::string(failure.code)}};
+  std::string body = failure.reason + "\n";
+  co_await answer_h2(stream, client, static_cast<unsigned>(failure.status), fields,
+                     std::move(body));
+}
+
 awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) {
   H2Connection& client = *mux.client;
   auto executor = client_socket_.get_executor();
@@ -244,19 +260,9 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
   }
 
   auto fail_with = [&](const Failure& failure) -> awaitable<void> {
-    log::warn("request-failed")
-        .kv("conn", id_)
-        .kv("stream", stream.id)
-        .kv("status", static_cast<unsigned>(failure.status))
-        .kv("error", failure.code)
-        .kv("reason", failure.reason);
-    HeaderList fields{{"content-type", "text/plain; charset=utf-8"},
-                      {"x-tokgate-error", std::string(failure.code)}};
-    std::string body = failure.reason + "\n";
-    record_done(static_cast<unsigned>(failure.status), 0, body.size(), failure.code,
+    record_done(static_cast<unsigned>(failure.status), 0, failure.reason.size() + 1, failure.code,
                 failure.reason);
-    co_await answer_h2(stream, client, static_cast<unsigned>(failure.status), fields,
-                       std::move(body));
+    co_await answer_h2_failure(stream, client, failure);
   };
   if (*mux.server_failure) {
     const Failure failure = **mux.server_failure;
@@ -496,17 +502,7 @@ awaitable<void> ClientSession::respond_h2(MuxState& mux, H2Stream& stream,
   }
   if (response.failure) {
     const Failure failure = *response.failure;
-    log::warn("request-failed")
-        .kv("conn", id_)
-        .kv("stream", stream.id)
-        .kv("status", static_cast<unsigned>(failure.status))
-        .kv("error", failure.code)
-        .kv("reason", failure.reason);
-    HeaderList fields{{"content-type", "text/plain; charset=utf-8"},
-                      {"x-tokgate-error", std::string(failure.code)}};
-    std::string body = failure.reason + "\n";
-    co_await answer_h2(stream, client, static_cast<unsigned>(failure.status), fields,
-                       std::move(body));
+    co_await answer_h2_failure(stream, client, failure);
     co_return;
   }
   HeaderList head;

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <ctime>
 
+#include "proxy/utf8.hpp"
+
 namespace tokgate::proxy {
 
 namespace {
@@ -79,37 +81,6 @@ std::string_view classify_user_agent(std::string_view user_agent) {
 
 namespace {
 
-// Length of the valid UTF-8 sequence starting at text[i], or 0 if it is not valid (overlongs,
-// surrogates and code points past U+10FFFF are invalid too).
-std::size_t utf8_sequence(std::string_view text, std::size_t i) {
-  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(text[k]); };
-  const unsigned char lead = byte(i);
-  std::size_t length = 0;
-  uint32_t code = 0;
-  if (lead >= 0xc2 && lead <= 0xdf) {
-    length = 2;
-    code = lead & 0x1f;
-  } else if (lead >= 0xe0 && lead <= 0xef) {
-    length = 3;
-    code = lead & 0x0f;
-  } else if (lead >= 0xf0 && lead <= 0xf4) {
-    length = 4;
-    code = lead & 0x07;
-  } else {
-    return 0;
-  }
-  if (i + length > text.size()) return 0;
-  for (std::size_t k = 1; k < length; ++k) {
-    if ((byte(i + k) & 0xc0) != 0x80) return 0;
-    code = (code << 6) | (byte(i + k) & 0x3f);
-  }
-  if ((length == 3 && (code < 0x800 || (code >= 0xd800 && code <= 0xdfff))) ||
-      (length == 4 && (code < 0x10000 || code > 0x10ffff))) {
-    return 0;
-  }
-  return length;
-}
-
 // A JSON string: escaped, and always valid UTF-8 (bytes from the network that are not become
 // U+FFFD), so a strict parser reads every line.
 void append_json_string(std::string& out, std::string_view text) {
@@ -118,7 +89,7 @@ void append_json_string(std::string& out, std::string_view text) {
   for (std::size_t i = 0; i < text.size();) {
     const auto c = static_cast<unsigned char>(text[i]);
     if (c >= 0x80) {
-      const std::size_t length = utf8_sequence(text, i);
+      const std::size_t length = utf8_sequence_length(text, i);
       if (length == 0) {
         out.append("\ufffd");
         ++i;
@@ -299,8 +270,10 @@ std::string to_squid_line(const FlowRecord& r) {
                 static_cast<long long>(since_epoch % 1000),
                 static_cast<long long>(std::llround(r.total_ms.value_or(0.0))));
   std::string line = head.data();
-  line += squid_field(r.client_ip) + " " + result + "/" + std::to_string(r.status.value_or(0)) +
-          " " + std::to_string(bytes) + " " + squid_field(method) + " " + squid_field(url) + " - " +
+  std::array<char, 8> status{};
+  std::snprintf(status.data(), status.size(), "%03u", r.status.value_or(0) % 1000);
+  line += squid_field(r.client_ip) + " " + result + "/" + status.data() + " " +
+          std::to_string(bytes) + " " + squid_field(method) + " " + squid_field(url) + " - " +
           (r.upstream_ip.empty() ? std::string("HIER_NONE/-")
                                  : "HIER_DIRECT/" + squid_field(r.upstream_ip)) +
           " -";

@@ -12,6 +12,8 @@
 #include <ctime>
 #include <system_error>
 
+#include "proxy/utf8.hpp"
+
 namespace tokgate::proxy {
 
 namespace {
@@ -36,35 +38,6 @@ sockaddr_storage to_sockaddr(const IpBytes& bytes) {
     v6->sin6_addr = v6addr;
   }
   return storage;
-}
-
-// Length of the valid UTF-8 sequence at the start of `text`, or 0 when it is not one
-// (overlong forms, surrogates and code points above U+10FFFF are not).
-std::size_t utf8_sequence_length(std::string_view text) {
-  const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(text[i]); };
-  const unsigned char lead = byte(0);
-  if (lead < 0x80) return 1;
-  std::size_t length = 0;
-  unsigned char min_second = 0x80, max_second = 0xBF;
-  if (lead >= 0xC2 && lead <= 0xDF) {
-    length = 2;
-  } else if (lead >= 0xE0 && lead <= 0xEF) {
-    length = 3;
-    if (lead == 0xE0) min_second = 0xA0;
-    if (lead == 0xED) max_second = 0x9F;
-  } else if (lead >= 0xF0 && lead <= 0xF4) {
-    length = 4;
-    if (lead == 0xF0) min_second = 0x90;
-    if (lead == 0xF4) max_second = 0x8F;
-  } else {
-    return 0;
-  }
-  if (text.size() < length) return 0;
-  if (byte(1) < min_second || byte(1) > max_second) return 0;
-  for (std::size_t i = 2; i < length; ++i) {
-    if (byte(i) < 0x80 || byte(i) > 0xBF) return 0;
-  }
-  return length;
 }
 
 // A database is input like any other: cut strings to a bound, keep only valid UTF-8 and no

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "proxy/content_decoding.hpp"
+#include "proxy/utf8.hpp"
 
 namespace tokgate::proxy {
 namespace {
@@ -42,56 +43,7 @@ std::string_view trim(std::string_view text) {
   return text;
 }
 
-// ---- UTF-8 ----
-
-// Length of the well-formed UTF-8 sequence starting at text[i] (Unicode table 3-7: no overlong
-// forms, no surrogates, nothing above U+10FFFF), or 0 when the bytes there are ill-formed.
-std::size_t utf8_sequence_length(std::string_view text, std::size_t i) {
-  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(text[i + k]); };
-  const auto continuation = [&](std::size_t k, unsigned char low = 0x80,
-                                unsigned char high = 0xbf) {
-    return i + k < text.size() && byte(k) >= low && byte(k) <= high;
-  };
-  const unsigned char lead = byte(0);
-  if (lead < 0x80) return 1;
-  if (lead >= 0xc2 && lead <= 0xdf) return continuation(1) ? 2 : 0;
-  if (lead >= 0xe0 && lead <= 0xef) {
-    const unsigned char low = lead == 0xe0 ? 0xa0 : 0x80;
-    const unsigned char high = lead == 0xed ? 0x9f : 0xbf;
-    return continuation(1, low, high) && continuation(2) ? 3 : 0;
-  }
-  if (lead >= 0xf0 && lead <= 0xf4) {
-    const unsigned char low = lead == 0xf0 ? 0x90 : 0x80;
-    const unsigned char high = lead == 0xf4 ? 0x8f : 0xbf;
-    return continuation(1, low, high) && continuation(2) && continuation(3) ? 4 : 0;
-  }
-  return 0;
-}
-
-bool is_valid_utf8(std::string_view text) {
-  for (std::size_t i = 0; i < text.size();) {
-    const auto length = utf8_sequence_length(text, i);
-    if (length == 0) return false;
-    i += length;
-  }
-  return true;
-}
-
-// `text` cut to at most max_bytes (on a character boundary) with each ill-formed byte replaced by
-// U+FFFD: Boost.JSON serialises string bytes as they are, so this is what keeps documents valid.
-std::string valid_utf8(std::string_view text, std::size_t max_bytes) {
-  constexpr std::string_view kReplacement = "\xef\xbf\xbd";
-  std::string out;
-  out.reserve(std::min(text.size(), max_bytes));
-  for (std::size_t i = 0; i < text.size();) {
-    const auto length = utf8_sequence_length(text, i);
-    const auto piece = length == 0 ? kReplacement : text.substr(i, length);
-    if (piece.size() > max_bytes - out.size()) break;
-    out.append(piece);
-    i += length == 0 ? 1 : length;
-  }
-  return out;
-}
+// ---- UTF-8 (proxy/utf8.hpp) ----
 
 json::string short_text(std::string_view text) {
   return json::string(valid_utf8(text, kMaxShortTextBytes));

@@ -18,7 +18,8 @@ What is checked, for one JSON object:
 - host is normalised (lower-case, no trailing dot); path has no query; error is a short code;
   error_reason is one line; evidence is a non-empty list of `kind:signature:matched`;
 - consistency: a request record has host, port, scheme, method and path; ws_* fields only on
-  WebSocket requests (scheme ws/wss); a verdict of intercept means bumped, splice/refuse not;
+  WebSocket requests (scheme ws/wss); a verdict of intercept means bumped (unless the record
+  carries an error: decided, then failed before decryption), splice/refuse not;
   plain http/ws is never bumped; the GeoIP fields and upstream_port need upstream_ip,
   upstream_as_org needs upstream_asn; user_agent and ua_class come together; a block answered
   with a status answered 451; capture only with action capture; first_byte_ms <= total_ms.
@@ -319,8 +320,10 @@ def validate_record(obj):
         problems.append("ws_* fields on a record whose scheme is %r (not ws/wss)"
                         % obj.get("scheme"))
     verdict, bumped = ok.get("verdict"), ok.get("bumped")
-    if verdict == "intercept" and bumped is False:
-        problems.append("bumped: false with verdict intercept")
+    # (A connection decided for interception can still fail before it is decrypted: an origin
+    # that cannot be reached, a client that rejects our certificate. Then it says why.)
+    if verdict == "intercept" and bumped is False and "error" not in obj:
+        problems.append("bumped: false with verdict intercept and no error")
     if verdict in ("splice", "refuse") and bumped is True:
         problems.append("bumped: true with verdict %s" % verdict)
     if ok.get("scheme") in ("http", "ws") and bumped is True:

@@ -40,7 +40,8 @@
 //                    the decoded body, x-encoded-length / x-encoded-sha256 the bytes on the wire.
 //                    N is at most 16 MiB (the whole body is compressed in memory).
 //   /set-headers     200 with a small text body and one response header per query parameter
-//                    (?set-cookie=a%3Db&x-thing=1: Set-Cookie: a=b, X-Thing: 1)
+//                    named header-NAME (?header-set-cookie=a%3Db&header-x-thing=1&other=2:
+//                    Set-Cookie: a=b, X-Thing: 1; other parameters are ignored)
 // Bodies stream with back-pressure through small slices: nothing holds a whole body.
 
 import crypto from 'node:crypto';
@@ -360,7 +361,10 @@ async function handleRequest(req, res, plain) {
     if (route === 'set-headers') {
       await bodyRead;
       const headers = {'content-type': 'text/plain'};
-      for (const [name, value] of query) headers[name.toLowerCase()] = value;
+      for (const [name, value] of query) {
+        const lower = name.toLowerCase();
+        if (lower.startsWith('header-') && lower.length > 7) headers[lower.slice(7)] = value;
+      }
       const body = Buffer.from('headers set\n');
       headers['content-length'] = body.length;
       exchange.respond(200, headers);

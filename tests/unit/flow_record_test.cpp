@@ -116,11 +116,16 @@ TEST(FlowRecordSquid, NativeAccessLogLine) {
   FlowRecord tunnel = sample();
   tunnel.type = FlowType::connection;
   tunnel.verdict = "splice";
-  tunnel.status.reset();
-  EXPECT_NE(to_squid_line(tunnel).find(" TCP_TUNNEL/0 48213 CONNECT "
+  tunnel.status = 200;
+  EXPECT_NE(to_squid_line(tunnel).find(" TCP_TUNNEL/200 48213 CONNECT "
                                        "api16-normal-c-useast1a.tiktokv.com:443 "),
             std::string::npos)
       << to_squid_line(tunnel);
+  FlowRecord refused = sample();
+  refused.type = FlowType::connection;
+  refused.verdict = "refuse";
+  refused.status.reset();
+  EXPECT_NE(to_squid_line(refused).find(" TCP_DENIED/000 "), std::string::npos);
   FlowRecord spaced = sample();
   spaced.path = "/a b";
   EXPECT_NE(to_squid_line(spaced).find("/a%20b"), std::string::npos);
