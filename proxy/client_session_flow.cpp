@@ -113,6 +113,12 @@ FlowRecord ClientSession::request_record(const RequestJudgement& judgement, std:
 
 void ClientSession::emit(FlowRecord record) {
   MetricsShard& metrics = worker_.metrics();
+  // A connection that failed before any request (no action) is counted by the connection and
+  // handshake metrics, not as a request.
+  if (record.type == FlowType::connection && record.action.empty()) {
+    runtime_.submit_flow(worker_.index(), std::move(record));
+    return;
+  }
   const auto category = policy::parse_category(record.category).value_or(policy::Category::none);
   policy::Action action = policy::Action::allow;
   if (auto parsed = policy::parse_action(record.action)) {
