@@ -323,6 +323,9 @@ std::expected<void, std::string> open_evidence(Runtime& runtime) {
     auto sink = FlowSink::open(std::move(options));
     if (!sink) return std::unexpected(sink.error());
     runtime.flows = std::move(*sink);
+    runtime.feed = std::make_unique<webui::FlowFeed>();
+    runtime.flows->add_observer(
+        [feed = runtime.feed.get()](const FlowRecord& record) { feed->add(record); });
     log::info("flow-log")
         .kv("path", config.flow_log.empty() ? std::string("none") : config.flow_log.string())
         .kv("captures", capture_dir.string())

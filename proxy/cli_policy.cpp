@@ -374,6 +374,25 @@ int policy_check(std::span<const std::string_view> args) {
 
 }  // namespace
 
+std::expected<std::string, std::string> explain_request_json(
+    const policy::Catalog& catalog, const policy::Policy& policy, std::string_view url,
+    std::string_view method, std::string_view user_agent, std::span<const std::string> headers) {
+  ExplainRequest request;
+  if (auto ok = set_url(request, url); !ok) return std::unexpected(ok.error());
+  if (!method.empty()) {
+    if (method.size() > 32 ||
+        std::ranges::any_of(method, [](char c) { return c < 'A' || c > 'Z'; })) {
+      return std::unexpected("method must be upper-case letters, e.g. GET");
+    }
+    request.method = std::string(method);
+  }
+  request.user_agent = std::string(user_agent);
+  for (const auto& line : headers) {
+    if (auto ok = add_header(request, line); !ok) return std::unexpected(ok.error());
+  }
+  return json::serialize(explain_json(catalog, policy, request));
+}
+
 int run_policy_command(std::span<const std::string_view> args) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
     std::cout << kPolicyHelp;

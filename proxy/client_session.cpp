@@ -22,6 +22,7 @@
 #include "proxy/websocket_relay.hpp"
 #include "proxy/worker.hpp"
 #include "web-ui/block_page.hpp"
+#include "web-ui/static_assets.hpp"
 
 namespace tokgate::proxy {
 
@@ -55,6 +56,8 @@ OriginHandshakeFailure origin_failure_reason(SSL* ssl, const error_code& ec) {
 constexpr uint8_t kAccessDeniedAlert[] = {0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31};
 // How long we keep trying to deliver our own error responses and TLS close_notify.
 constexpr milliseconds kGoodbyeBudget{2'000};
+// http://tokgate/ is answered by the proxy itself: the CA page (docs/web-ui.md).
+constexpr std::string_view kReservedName = "tokgate";
 // Lingering close: how long, and how much, we read and discard after our FIN.
 constexpr milliseconds kLingerBudget{1'000};
 constexpr std::size_t kLingerBytes = 1024 * 1024;
@@ -231,6 +234,67 @@ void ClientSession::cancel_io() {
   error_code ignored;
   if (client_lowest_ != nullptr) client_lowest_->cancel(ignored);
   if (server_lowest_ != nullptr) server_lowest_->cancel(ignored);
+}
+
+// The proxy's own listeners (a loop) and its admin listener are never a target: the admin API
+// must not be reachable by whoever can use the proxy (mitmproxy's CVE-2025-23217).
+std::optional<Failure> ClientSession::own_endpoint_failure(
+    const std::vector<tcp::endpoint>& endpoints) const {
+  auto is = [](const Endpoint& own, const tcp::endpoint& endpoint) {
+    const IpAddress address = to_ip_address(endpoint.address());
+    return own.port == endpoint.port() &&
+           (own.address == address || endpoint.address().is_loopback() ||
+            std::ranges::all_of(own.address.bytes(), [](uint8_t b) { return b == 0; }) ||
+            own.address.unmapped() == IpAddress::v4({0, 0, 0, 0}));
+  };
+  const Endpoint& admin = runtime_.bound_admin ? *runtime_.bound_admin : config_.admin;
+  const auto& listeners =
+      runtime_.bound_listeners.empty() ? config_.listen : runtime_.bound_listeners;
+  for (const auto& endpoint : endpoints) {
+    if (is(admin, endpoint)) {
+      return Failure{http::status::forbidden, "admin-not-proxied",
+                     "the admin interface is not reachable through the proxy"};
+    }
+    if (std::ranges::any_of(listeners, [&](const Endpoint& own) { return is(own, endpoint); })) {
+      return Failure{http::status::forbidden, "loop", "refusing to connect to the proxy itself"};
+    }
+  }
+  return std::nullopt;
+}
+
+http::response<http::string_body> ClientSession::reserved_page(std::string_view path,
+                                                               unsigned version) const {
+  http::response<http::string_body> response{http::status::ok, version >= 10 ? version : 11};
+  std::string_view type = "text/plain; charset=utf-8";
+  if (path.empty() || path == "/" || path == "/index.html") {
+    type = "text/html; charset=utf-8";
+    response.body() = embedded::webui_index_html();
+  } else if (path == "/app.js") {
+    type = "text/javascript; charset=utf-8";
+    response.body() = embedded::webui_app_js();
+  } else if (path == "/style.css") {
+    type = "text/css; charset=utf-8";
+    response.body() = embedded::webui_style_css();
+  } else if (path == "/ca.pem") {
+    type = "application/x-pem-file";
+    response.body() = runtime_.ca.pem();
+    response.set(http::field::content_disposition, "attachment; filename=\"tokgate-ca.pem\"");
+  } else if (path == "/ca.crt" || path == "/ca.der") {
+    type = "application/x-x509-ca-cert";
+    const auto der = runtime_.ca.der();
+    response.body().assign(der.begin(), der.end());
+    response.set(http::field::content_disposition, "attachment; filename=\"tokgate-ca.crt\"");
+  } else {
+    response.result(http::status::not_found);
+    response.body() = "only the CA is served here: /, /ca.pem, /ca.crt\n";
+  }
+  response.set(http::field::content_type, type);
+  response.set(http::field::cache_control, "no-store");
+  response.set("X-Content-Type-Options", "nosniff");
+  response.set("Content-Security-Policy", webui::kPageSecurityPolicy);
+  response.set("Referrer-Policy", "no-referrer");
+  response.prepare_payload();
+  return response;
 }
 
 Failure ClientSession::timeout_failure(std::string_view what) const {
@@ -518,6 +582,17 @@ awaitable<void> ClientSession::serve_explicit() {
       co_return;
     }
     Target target{*host, url->has_port() ? url->port_number() : uint16_t{80}};
+    if (target.host == kReservedName) {
+      // http://tokgate/: the CA and how to install it, for a device that trusts nothing yet.
+      auto response = reserved_page(url->encoded_path(), version);
+      const bool keep_alive = request.keep_alive() && parser.is_done() && !closing_;
+      response.keep_alive(keep_alive);
+      log::info("reserved-page").kv("conn", id_).kv("path", std::string(url->encoded_path()));
+      deadline_.set(config_.timeouts.io_stall, "reserved-page");
+      auto [ec, n] = co_await http::async_write(client_socket_, response, use_nothrow);
+      if (ec || !keep_alive) co_return;
+      continue;
+    }
     std::string origin_form = url->encoded_path().empty() ? "/" : std::string(url->encoded_path());
     if (url->has_query()) origin_form += "?" + std::string(url->encoded_query());
     request.target(origin_form);
@@ -543,6 +618,9 @@ awaitable<void> ClientSession::serve_explicit() {
       const auto connect_started = std::chrono::steady_clock::now();
       auto endpoints = co_await resolver.resolve(target.host, target.port);
       std::expected<tcp::endpoint, Failure> connected = std::unexpected(Failure{});
+      if (endpoints) {
+        if (auto own = own_endpoint_failure(*endpoints)) endpoints = std::unexpected(*own);
+      }
       if (endpoints) {
         connected = co_await connect_any(*server, *endpoints, target.host);
       } else {
@@ -607,18 +685,10 @@ awaitable<bool> ClientSession::connect_server(tcp::socket& server, const Target&
     co_await send_failure(client_socket_, version);
     co_return false;
   }
-  for (const auto& endpoint : *endpoints) {
-    IpAddress address = to_ip_address(endpoint.address());
-    bool is_own = std::ranges::any_of(config_.listen, [&](const Endpoint& own) {
-      return own.port == endpoint.port() &&
-             (own.address == address || endpoint.address().is_loopback());
-    });
-    if (is_own) {
-      failure_ =
-          Failure{http::status::forbidden, "loop", "refusing to connect to the proxy itself"};
-      co_await send_failure(client_socket_, version);
-      co_return false;
-    }
+  if (auto own = own_endpoint_failure(*endpoints)) {
+    failure_ = *own;
+    co_await send_failure(client_socket_, version);
+    co_return false;
   }
   auto connected = co_await connect_any(server, *endpoints, target.host);
   if (!connected) {

@@ -158,6 +158,8 @@ class ClientSession {
 
   std::optional<Failure> check_request(const RequestParser& parser) const;
   Failure timeout_failure(std::string_view what) const;
+  http::response<http::string_body> reserved_page(std::string_view path, unsigned version) const;
+  std::optional<Failure> own_endpoint_failure(const std::vector<tcp::endpoint>& endpoints) const;
   void cancel_io();
 
   Worker& worker_;

@@ -35,6 +35,7 @@ constexpr auto kSectionPolicy = "policy"sv;
 constexpr auto kSectionTimeouts = "timeouts"sv;
 constexpr auto kSectionLimits = "limits"sv;
 constexpr auto kSectionFlowLog = "flow_log"sv;
+constexpr auto kSectionAdmin = "admin"sv;
 constexpr auto kSectionPrivacy = "privacy"sv;
 constexpr auto kSectionCapture = "capture"sv;
 constexpr auto kSectionGeoip = "geoip"sv;
@@ -51,6 +52,9 @@ constexpr auto kKeySystemTrust = "system_trust"sv;
 constexpr auto kKeyExtraCa = "extra_ca"sv;
 constexpr auto kKeyResolve = "resolve"sv;
 constexpr auto kKeyPath = "path"sv;
+constexpr auto kKeyToken = "token"sv;
+constexpr auto kKeyUser = "user"sv;
+constexpr auto kKeyPassword = "password"sv;
 constexpr auto kKeyFormat = "format"sv;
 constexpr auto kKeyQueue = "queue"sv;
 constexpr auto kKeyQuery = "query"sv;
@@ -480,6 +484,30 @@ constexpr KeySpec kLimitKeys[] = {
     {kKeyLeafCache, apply_count<&Limits::leaf_cache_entries>},
 };
 
+// ---- [admin]
+
+template <std::string Config::*Field, std::size_t MinLength>
+void apply_secret(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
+  auto text = loader.string(node, what);
+  if (!text) return;
+  if (text->size() < MinLength || text->size() > 256) {
+    loader.error(node, what,
+                 "must be " + std::to_string(MinLength) + " to 256 characters");  // never echoed
+    return;
+  }
+  if (std::ranges::any_of(*text, [](unsigned char c) { return c < 0x21 || c == 0x7f; })) {
+    loader.error(node, what, "must be printable, without spaces");
+    return;
+  }
+  config.*Field = std::string(*text);
+}
+
+constexpr KeySpec kAdminKeys[] = {
+    {kKeyToken, apply_secret<&Config::admin_token, 16>},
+    {kKeyUser, apply_secret<&Config::admin_user, 1>},
+    {kKeyPassword, apply_secret<&Config::admin_password, 12>},
+};
+
 // ---- [flow_log], [privacy], [capture], [geoip]
 
 void apply_flow_log_path(Loader& loader, Config& config, const toml::node& node,
@@ -595,7 +623,7 @@ constexpr SectionSpec kSections[] = {
     {kSectionPolicy, kPolicyKeys},     {kSectionTimeouts, kTimeoutKeys},
     {kSectionLimits, kLimitKeys},      {kSectionFlowLog, kFlowLogKeys},
     {kSectionPrivacy, kPrivacyKeys},   {kSectionCapture, kCaptureKeys},
-    {kSectionGeoip, kGeoipKeys},
+    {kSectionGeoip, kGeoipKeys},       {kSectionAdmin, kAdminKeys},
 };
 
 const toml::node* find(const toml::table& root, std::string_view section, std::string_view key) {
@@ -613,6 +641,13 @@ void check_combinations(Loader& loader, const Config& config, const toml::table&
                  "[ca] cert and key must be given together (a CA of your own needs both)");
   }
 
+  if (config.admin_user.empty() != config.admin_password.empty()) {
+    const auto* given = find(root, kSectionAdmin, kKeyUser);
+    if (given == nullptr) given = find(root, kSectionAdmin, kKeyPassword);
+    if (given != nullptr) {
+      loader.error(given->source(), "[admin] user and password go together");
+    }
+  }
   if (config.admin.port != 0 &&
       std::find(config.listen.begin(), config.listen.end(), config.admin) != config.listen.end()) {
     const auto* where = find(root, kSectionProxy, kKeyAdmin);

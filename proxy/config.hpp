@@ -89,6 +89,11 @@ struct Config {
   std::filesystem::path catalog_dir;
   bool policy_watch = true;
 
+  // [admin]: who may use the admin listener off loopback (a token, or HTTP basic).
+  std::string admin_token;
+  std::string admin_user;
+  std::string admin_password;
+
   // [flow_log]: one JSON line (or Squid line) per request; docs/flow-log.md.
   std::filesystem::path flow_log;  // "-" = stdout; empty = none
   std::string flow_log_format = "json";

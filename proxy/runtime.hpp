@@ -19,6 +19,7 @@
 #include "proxy/pinned_hosts.hpp"
 #include "proxy/policy_state.hpp"
 #include "proxy/privacy.hpp"
+#include "web-ui/flow_feed.hpp"
 
 namespace tokgate::proxy {
 
@@ -46,11 +47,18 @@ struct Runtime {
   std::unique_ptr<FlowSink> flows;  // null: no flow log
   // Shard 0 for the main thread, shard i + 1 for worker i.
   std::unique_ptr<Metrics> metrics;
+  // The web UI's window on the records (fed by the sink's thread).
+  std::unique_ptr<webui::FlowFeed> feed;
   std::optional<ClientPseudonymiser> pseudonymiser;
   std::unique_ptr<KeyLog> keylog;  // null unless [capture] keylog is set
   GeoIp geoip;  // empty: no lookups (read-only after start: shared by the workers)
   // Hands a finished record to the sinks; never blocks (a full sink drops and counts).
   void submit_flow(unsigned worker, FlowRecord record);
+
+  // The addresses actually bound (a configured port 0 becomes a real one), set before the
+  // workers start: no request may reach them through the data path.
+  std::vector<Endpoint> bound_listeners;
+  std::optional<Endpoint> bound_admin;
 
   std::atomic<std::size_t> open_connections{0};
   std::atomic<uint64_t> next_connection_id{1};

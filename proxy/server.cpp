@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "proxy/cli_policy.hpp"
 #include "proxy/log.hpp"
 #include "web-ui/block_page.hpp"
 
@@ -40,6 +41,8 @@ void Server::bind() {
         throw std::runtime_error("cannot listen on " + configured.to_string() + ": " + e.what());
       }
     }
+    listeners_.push_back(Endpoint{configured.address, bound.port()}.to_string());
+    runtime_.bound_listeners.push_back(Endpoint{configured.address, bound.port()});
     log::info("listening")
         .kv("role", "proxy")
         .kv("address", Endpoint{configured.address, bound.port()}.to_string())
@@ -52,10 +55,24 @@ std::string Server::policy_json() const {
   return ",\"policy\":{\"name\":\"" + webui::json_escape(snapshot->policy->name()) +
          "\",\"source\":\"" + webui::json_escape(snapshot->policy->source()) +
          "\",\"rules\":" + std::to_string(snapshot->policy->rule_count()) +
-         ",\"generation\":" + std::to_string(snapshot->generation) + ",\"catalog\":\"" +
+         ",\"generation\":" + std::to_string(snapshot->generation) + ",\"loaded_at\":\"" +
+         format_timestamp(snapshot->loaded_at) + "\",\"catalog\":\"" +
          snapshot->catalog->version() + "\",\"last_reload_error\":\"" +
          webui::json_escape(runtime_.policy.last_error()) +
          "\"},\"pinned_hosts\":" + std::to_string(runtime_.pinned.size());
+}
+
+std::string Server::listeners_json() const {
+  std::string out = ",\"listeners\":[";
+  for (std::size_t i = 0; i < listeners_.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    out += "{\"address\":\"" + webui::json_escape(listeners_[i]) + "\",\"mode\":\"explicit\"}";
+  }
+  out += "],\"admin\":\"" + webui::json_escape(admin_address_) + "\",\"ca\":{\"subject\":\"" +
+         webui::json_escape(runtime_.ca.subject()) + "\",\"fingerprint\":\"" +
+         runtime_.ca.fingerprint_sha256() + "\",\"not_after\":\"" +
+         format_timestamp(runtime_.ca.not_after()) + "\"}";
+  return out;
 }
 
 std::string Server::evidence_json() const {
@@ -78,15 +95,33 @@ std::string Server::evidence_json() const {
 }
 
 void Server::bind_admin() {
-  const Endpoint& configured = runtime_.config.admin;
-  if (!configured.address.unmapped().is_v4() || configured.address.bytes()[0] != 127) {
-    if (configured.address != IpAddress::loopback_v6()) {
-      // Off loopback the admin port needs authentication, which arrives with the web UI.
-      throw std::runtime_error("admin address " + configured.to_string() +
-                               " is not loopback; only loopback is supported for now");
-    }
+  const Config& config = runtime_.config;
+  const Endpoint& configured = config.admin;
+  const bool loopback =
+      (configured.address.unmapped().is_v4() && configured.address.unmapped().bytes()[0] == 127) ||
+      configured.address == IpAddress::loopback_v6();
+  if (!loopback && config.admin_token.empty() && config.admin_user.empty()) {
+    // Flows, captures and the policy are not for whoever reaches the port.
+    throw std::runtime_error("admin address " + configured.to_string() +
+                             " is not loopback: set [admin] token, or user and password");
   }
   webui::AdminContent content;
+  content.token = config.admin_token;
+  content.user = config.admin_user;
+  content.password = config.admin_password;
+  content.feed = runtime_.feed.get();
+  if (runtime_.flows) content.capture_dir = runtime_.flows->options().capture_dir;
+  content.open_connections = [this] {
+    std::size_t active = 0;
+    for (auto& worker : workers_) active += worker->active_sessions();
+    return active;
+  };
+  content.explain =
+      [this](const webui::ExplainQuery& query) -> std::expected<std::string, std::string> {
+    auto snapshot = runtime_.policy.current();
+    return explain_request_json(*snapshot->catalog, *snapshot->policy, query.url, query.method,
+                                query.user_agent, query.headers);
+  };
   content.version = "0.1.0";
   content.ca_pem = runtime_.ca.pem();
   content.ca_der = runtime_.ca.der();
@@ -106,13 +141,15 @@ void Server::bind_admin() {
            ",\"leaf_cache\":{\"size\":" + std::to_string(runtime_.leaf_cache.size()) +
            ",\"hits\":" + std::to_string(runtime_.leaf_cache.hits()) +
            ",\"mints\":" + std::to_string(runtime_.leaf_cache.misses()) + "}" + policy_json() +
-           evidence_json() + "}";
+           evidence_json() + listeners_json() + "}";
   };
   try {
     admin_ = std::make_unique<webui::AdminServer>(main_io_, to_tcp(configured), std::move(content));
   } catch (const std::exception& e) {
     throw std::runtime_error("cannot listen on " + configured.to_string() + ": " + e.what());
   }
+  admin_address_ = Endpoint{configured.address, admin_->local_endpoint().port()}.to_string();
+  runtime_.bound_admin = Endpoint{configured.address, admin_->local_endpoint().port()};
   log::info("listening")
       .kv("role", "admin")
       .kv("address", Endpoint{configured.address, admin_->local_endpoint().port()}.to_string());

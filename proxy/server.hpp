@@ -24,6 +24,9 @@ class Server {
   void bind();
   std::string policy_json() const;
   std::string evidence_json() const;
+  std::string listeners_json() const;
+  std::vector<std::string> listeners_;
+  std::string admin_address_;
   // Reloads the policy and catalog; logs the outcome. Main thread.
   void reload(std::string_view why);
   // Binds the admin listener (loopback only until the web UI brings authentication).

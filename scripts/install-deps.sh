@@ -15,6 +15,8 @@ packages=(
   nodejs
   # flow evidence tests: .mmdb files built at test time, a key log checked with tshark
   libmaxmind-db-writer-perl tshark
+  # web UI end-to-end tests: Debian's Chromium, driven by playwright-core from npm
+  chromium
 )
 
 missing=()
@@ -22,7 +24,22 @@ for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
     missing+=("$package")
 done
+# npm comes with Node.js from some sources (NodeSource); Debian ships it apart.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+
+install_ui_test_packages() {
+  # playwright-core, pinned by tests/ui/package-lock.json (no browser download: Debian's
+  # Chromium is used).
+  local ui
+  ui="$(dirname "$0")/../tests/ui"
+  if [[ -f $ui/package-lock.json && ! -d $ui/node_modules/playwright-core ]]; then
+    echo "tokgate: installing the web UI test packages (npm ci)" >&2
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$ui" --no-audit --no-fund --loglevel=error
+  fi
+}
+
 if ((${#missing[@]} == 0)); then
+  install_ui_test_packages
   exit 0
 fi
 echo "tokgate: installing ${missing[*]}" >&2
@@ -31,3 +48,4 @@ if [[ $(id -u) != 0 ]]; then sudo=(sudo); fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 "${missing[@]}"
+install_ui_test_packages
