@@ -28,6 +28,12 @@ using policy::ConnectionVerdict;
 struct Runtime {
   Runtime(Config config_in, certs::CertificateAuthority ca_in,
           std::shared_ptr<const PolicySnapshot> policy_in);
+  // The sink's thread is stopped first: it still uses the feed and the metrics.
+  ~Runtime() {
+    if (flows) flows->stop();
+  }
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
 
   // The connection stage for one name: the operator's [intercept] overrides, the pinned
   // table, then the policy.
@@ -44,11 +50,12 @@ struct Runtime {
   PinnedHosts pinned;
 
   // Evidence: set up by the CLI after construction, before the workers start.
-  std::unique_ptr<FlowSink> flows;  // null: no flow log
   // Shard 0 for the main thread, shard i + 1 for worker i.
   std::unique_ptr<Metrics> metrics;
   // The web UI's window on the records (fed by the sink's thread).
   std::unique_ptr<webui::FlowFeed> feed;
+  // Declared after what its thread uses (metrics, feed), so it is stopped before they go.
+  std::unique_ptr<FlowSink> flows;  // null: no flow log
   std::optional<ClientPseudonymiser> pseudonymiser;
   std::unique_ptr<KeyLog> keylog;  // null unless [capture] keylog is set
   GeoIp geoip;  // empty: no lookups (read-only after start: shared by the workers)
