@@ -53,6 +53,9 @@ constexpr std::string_view kRunHelp = R"(Usage: tokgate run [options]
 
   --config FILE            TOML configuration (default: the embedded default config)
   --listen ADDR:PORT       proxy listener, repeatable (replaces the configured list)
+  --transparent ADDR:PORT  transparent listener for REDIRECT/TPROXY'd connections, repeatable
+  --listen-proxy-protocol ADDR:PORT
+                           explicit listener behind a load balancer: PROXY v1/v2 required
   --admin ADDR:PORT        admin listener (status, /healthz, CA download)
   --workers N              worker threads (0 = one per core)
   --ca-dir DIR             CA directory; a CA is created there if none exists
@@ -381,6 +384,11 @@ int run_proxy(std::span<const std::string_view> args) {
         listen_replaced = true;
         config.listen.push_back(*endpoint);
       }
+    } else if (name == "--transparent" || name == "--listen-proxy-protocol") {
+      auto endpoint = Endpoint::parse(value);
+      if (!endpoint) return bad("expected ADDR:PORT, e.g. 0.0.0.0:8443 or [::]:8443");
+      (name == "--transparent" ? config.transparent_listen : config.proxy_protocol_listen)
+          .push_back(*endpoint);
     } else if (name == "--workers") {
       unsigned workers = 0;
       auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), workers);

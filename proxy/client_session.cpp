@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstring>
 
 #include "certs/openssl_ptr.hpp"
 #include "policy/host_pattern.hpp"
@@ -77,27 +78,8 @@ bool is_allowed_method(http::verb verb) {
   }
 }
 
-IpAddress to_ip_address(const asio::ip::address& address) {
-  if (address.is_v4()) {
-    auto b = address.to_v4().to_bytes();
-    return IpAddress::v4({b[0], b[1], b[2], b[3]});
-  }
-  auto b = address.to_v6().to_bytes();
-  std::array<uint8_t, 16> bytes;
-  std::copy(b.begin(), b.end(), bytes.begin());
-  return IpAddress::v6(bytes).unmapped();
-}
-
 std::string bracketed(const std::string& host) {
   return host.find(':') != std::string::npos ? "[" + host + "]" : host;
-}
-
-// Host names from the network are normalized before any decision: case, trailing dot, IDNA.
-std::optional<std::string> normalized(std::string_view host) {
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  return policy::normalize_host(host);
 }
 
 bool is_disconnect(const error_code& ec) {
@@ -167,12 +149,32 @@ awaitable<void> pump(tcp::socket& from, tcp::socket& to, std::span<char> buffer,
 
 }  // namespace
 
-ClientSession::ClientSession(Worker& worker, tcp::socket socket)
+IpAddress to_ip_address(const asio::ip::address& address) {
+  if (address.is_v4()) {
+    auto b = address.to_v4().to_bytes();
+    return IpAddress::v4({b[0], b[1], b[2], b[3]});
+  }
+  auto b = address.to_v6().to_bytes();
+  std::array<uint8_t, 16> bytes;
+  std::copy(b.begin(), b.end(), bytes.begin());
+  return IpAddress::v6(bytes).unmapped();
+}
+
+// Host names from the network are normalized before any decision: case, trailing dot, IDNA.
+std::optional<std::string> normalized(std::string_view host) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return policy::normalize_host(host);
+}
+
+ClientSession::ClientSession(Worker& worker, tcp::socket socket, ListenerKind kind)
     : worker_(worker),
       runtime_(worker.runtime()),
       config_(worker.config()),
       client_socket_(std::move(socket)),
       id_(runtime_.next_connection_id.fetch_add(1, std::memory_order_relaxed)),
+      kind_(kind),
       deadline_(client_socket_.get_executor()) {
   error_code ec;
   client_endpoint_ = client_socket_.remote_endpoint(ec);
@@ -303,6 +305,9 @@ Failure ClientSession::timeout_failure(std::string_view what) const {
 }
 
 awaitable<void> ClientSession::flow() {
+  // Behind a load balancer the real client comes first, in a PROXY header: it is the one the
+  // allow list, the policy and the records see.
+  if (kind_ == ListenerKind::proxy_protocol && !co_await read_proxy_header()) co_return;
   const IpAddress& client_ip = client_ip_;
   bool allowed = std::ranges::any_of(config_.allowed_clients,
                                      [&](const Cidr& cidr) { return cidr.contains(client_ip); });
@@ -315,8 +320,22 @@ awaitable<void> ClientSession::flow() {
     co_return;
   }
   chunk_ = std::make_unique<char[]>(config_.limits.relay_buffer_bytes);
-  co_await serve_explicit();
+  if (kind_ == ListenerKind::transparent) {
+    facts_.mode = "transparent";
+    co_await serve_transparent();
+  } else {
+    co_await serve_explicit();
+  }
   if (client_socket_.is_open()) co_await linger(client_socket_);
+}
+
+// Bytes a first step read past what it needed belong to the HTTP parser.
+void ClientSession::take_preread(beast::flat_buffer& buffer) {
+  if (preread_.empty()) return;
+  auto space = buffer.prepare(preread_.size());
+  std::memcpy(space.data(), preread_.data(), preread_.size());
+  buffer.commit(preread_.size());
+  preread_.clear();
 }
 
 // Closing a socket with unread input makes the kernel send RST, and a RST can destroy our last
@@ -537,6 +556,7 @@ awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(Clie
 awaitable<void> ClientSession::serve_explicit() {
   auto executor = client_socket_.get_executor();
   beast::flat_buffer client_buffer(config_.limits.request_header_bytes + 16 * 1024);
+  take_preread(client_buffer);
   beast::flat_buffer server_buffer(config_.limits.response_header_bytes + 16 * 1024);
   std::optional<tcp::socket> server;
   Target server_target;
@@ -762,23 +782,10 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
   hello_bytes.insert(hello_bytes.end(), static_cast<const uint8_t*>(leftover.data()),
                      static_cast<const uint8_t*>(leftover.data()) + leftover.size());
   client_buffer.consume(client_buffer.size());
-  const std::size_t limit = config_.limits.client_hello_bytes;
-  std::expected<ClientHello, ClientHelloError> hello = std::unexpected(ClientHelloError::need_more);
-  for (;;) {
-    if (!hello_bytes.empty()) hello = parse_client_hello(hello_bytes, limit);
-    if (hello || hello.error() != ClientHelloError::need_more) break;
-    std::size_t old_size = hello_bytes.size();
-    hello_bytes.resize(std::min(limit, old_size + 16 * 1024));
-    auto [ec, n] = co_await client_socket_.async_read_some(
-        asio::buffer(hello_bytes.data() + old_size, hello_bytes.size() - old_size), use_nothrow);
-    hello_bytes.resize(old_size + n);
-    if (ec) {
-      if (deadline_.expired()) {
-        log::warn("client-hello-timeout").kv("conn", id_).kv("host", target.host);
-      }
-      co_return;
-    }
-  }
+  std::optional<std::expected<ClientHello, ClientHelloError>> read =
+      co_await read_client_hello(hello_bytes, target.host);
+  if (!read) co_return;
+  std::expected<ClientHello, ClientHelloError> hello = std::move(*read);
   if (!hello) {
     if (hello.error() == ClientHelloError::not_tls) {
       // Not TLS (plain HTTP or another protocol through CONNECT): nothing to peek at.
@@ -861,6 +868,27 @@ awaitable<void> ClientSession::splice(tcp::socket& server, std::span<const uint8
       std::chrono::duration<double, std::milli>(std::chrono::system_clock::now() - facts_.started)
           .count();
   emit(std::move(record));
+}
+
+// Reads until `bytes` hold a whole ClientHello (or show they are not one); nullopt when the
+// client went away or was too slow.
+awaitable<std::optional<std::expected<ClientHello, ClientHelloError>>>
+ClientSession::read_client_hello(std::vector<uint8_t>& bytes, const std::string& host) {
+  const std::size_t limit = config_.limits.client_hello_bytes;
+  std::expected<ClientHello, ClientHelloError> hello = std::unexpected(ClientHelloError::need_more);
+  for (;;) {
+    if (!bytes.empty()) hello = parse_client_hello(bytes, limit);
+    if (hello || hello.error() != ClientHelloError::need_more) co_return hello;
+    std::size_t old_size = bytes.size();
+    bytes.resize(std::min(limit, old_size + 16 * 1024));
+    auto [ec, n] = co_await client_socket_.async_read_some(
+        asio::buffer(bytes.data() + old_size, bytes.size() - old_size), use_nothrow);
+    bytes.resize(old_size + n);
+    if (ec) {
+      if (deadline_.expired()) log::warn("client-hello-timeout").kv("conn", id_).kv("host", host);
+      co_return std::nullopt;
+    }
+  }
 }
 
 awaitable<void> ClientSession::refuse_tls(const ClientHello& hello) {
@@ -1028,6 +1056,7 @@ awaitable<void> ClientSession::serve_intercepted(ClientStream& client, ServerStr
                                                  const std::optional<Failure>& server_failure,
                                                  const std::string& name, uint16_t port) {
   beast::flat_buffer client_buffer(config_.limits.request_header_bytes + 16 * 1024);
+  take_preread(client_buffer);
   beast::flat_buffer server_buffer(config_.limits.response_header_bytes + 16 * 1024);
   for (bool first = true;; first = false) {
     RequestParser parser;
@@ -1387,5 +1416,9 @@ template awaitable<bool> ClientSession::read_request_head(TlsStream&, beast::fla
 template awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(
     TlsStream&, RequestParser&, const std::string&, uint16_t);
 template awaitable<void> ClientSession::send_failure(TlsStream&, unsigned, bool);
+// Plain HTTP through the transparent listener (client_session_transparent.cpp).
+template awaitable<void> ClientSession::serve_intercepted(tcp::socket&, tcp::socket&,
+                                                          const std::optional<Failure>&,
+                                                          const std::string&, uint16_t);
 
 }  // namespace tokgate::proxy

@@ -22,6 +22,7 @@
 namespace tokgate::proxy {
 
 class Worker;
+enum class ListenerKind : uint8_t;
 struct Runtime;
 struct Config;
 class H2Connection;
@@ -29,9 +30,13 @@ struct H2Stream;
 struct OriginRequest;
 struct OriginResponse;
 
+IpAddress to_ip_address(const asio::ip::address& address);
+// Host names from the network are normalized before any decision: case, trailing dot, IDNA.
+std::optional<std::string> normalized(std::string_view host);
+
 class ClientSession {
  public:
-  ClientSession(Worker& worker, tcp::socket socket);
+  ClientSession(Worker& worker, tcp::socket socket, ListenerKind kind);
   ~ClientSession();
   ClientSession(const ClientSession&) = delete;
   ClientSession& operator=(const ClientSession&) = delete;
@@ -59,6 +64,13 @@ class ClientSession {
   awaitable<bool> connect_server(tcp::socket& server, const Target& target);
   awaitable<void> splice(tcp::socket& server, std::span<const uint8_t> client_bytes);
   awaitable<void> refuse_tls(const ClientHello& hello);
+  awaitable<std::optional<std::expected<ClientHello, ClientHelloError>>> read_client_hello(
+      std::vector<uint8_t>& bytes, const std::string& host);
+  // Transparent gateway (client_session_transparent.cpp).
+  awaitable<void> serve_transparent();
+  awaitable<bool> read_proxy_header();
+  std::vector<uint8_t> preread_;  // bytes read before the HTTP parser (a PROXY header's tail)
+  void take_preread(beast::flat_buffer& buffer);
   awaitable<void> linger(tcp::socket& socket);
   awaitable<void> intercept(tcp::socket server, const ClientHello& hello,
                             std::span<const uint8_t> client_bytes, const Target& target);
@@ -181,6 +193,7 @@ class ClientSession {
     bool full_capture = false;
   } label_;
   uint64_t id_;
+  ListenerKind kind_;
   ConnectionFacts facts_;
   std::optional<FlowRecord> pending_;  // the HTTP/1.1 request being relayed
   std::chrono::steady_clock::time_point pending_started_{};

@@ -41,6 +41,8 @@ constexpr auto kSectionCapture = "capture"sv;
 constexpr auto kSectionGeoip = "geoip"sv;
 
 constexpr auto kKeyListen = "listen"sv;
+constexpr auto kKeyTransparent = "transparent"sv;
+constexpr auto kKeyProxyProtocol = "listen_proxy_protocol"sv;
 constexpr auto kKeyAdmin = "admin"sv;
 constexpr auto kKeyWorkers = "workers"sv;
 constexpr auto kKeyAllowedClients = "allowed_clients"sv;
@@ -195,6 +197,31 @@ struct KeySpec {
 
 // ---- [proxy]
 
+std::vector<Endpoint> endpoint_list(Loader& loader, const toml::node& node,
+                                    const std::string& what) {
+  std::vector<Endpoint> list;
+  loader.each(node, what, [&](const toml::node& element, const std::string& where) {
+    auto text = loader.string(element, where);
+    if (!text) return;
+    auto endpoint = Endpoint::parse(*text);
+    if (!endpoint) {
+      loader.error(element, where, "bad address " + quote(*text) + " (expected ADDR:PORT)");
+    } else if (endpoint->port != 0 &&
+               std::find(list.begin(), list.end(), *endpoint) != list.end()) {
+      loader.error(element, where, "duplicate listener " + quote(*text));
+    } else {
+      list.push_back(*endpoint);
+    }
+  });
+  return list;
+}
+
+template <std::vector<Endpoint> Config::*Field>
+void apply_endpoints(Loader& loader, Config& config, const toml::node& node,
+                     const std::string& what) {
+  config.*Field = endpoint_list(loader, node, what);
+}
+
 void apply_listen(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
   std::vector<Endpoint> listen;
   loader.each(node, what, [&](const toml::node& element, const std::string& where) {
@@ -290,6 +317,8 @@ void apply_connect_ports(Loader& loader, Config& config, const toml::node& node,
 
 constexpr KeySpec kProxyKeys[] = {
     {kKeyListen, apply_listen},
+    {kKeyTransparent, apply_endpoints<&Config::transparent_listen>},
+    {kKeyProxyProtocol, apply_endpoints<&Config::proxy_protocol_listen>},
     {kKeyAdmin, apply_admin},
     {kKeyWorkers, apply_workers},
     {kKeyAllowedClients, apply_allowed_clients},

@@ -62,6 +62,12 @@ struct Config {
 
   // [proxy]
   std::vector<Endpoint> listen{Endpoint{IpAddress::loopback_v4(), 8080}};
+  // Transparent listeners: connections redirected by nftables/iptables REDIRECT or TPROXY; the
+  // target comes from the original destination, the name from SNI or Host.
+  std::vector<Endpoint> transparent_listen;
+  // Explicit-proxy listeners behind a load balancer: every connection starts with a PROXY
+  // protocol v1/v2 header giving the real client, and is refused without one.
+  std::vector<Endpoint> proxy_protocol_listen;
   Endpoint admin{IpAddress::loopback_v4(), 8081};
   unsigned workers = 0;  // 0 = one per core
   std::vector<Cidr> allowed_clients{Cidr::loopback_v4(), Cidr::loopback_v6()};

@@ -30,24 +30,32 @@ Server::Server(Runtime& runtime) : runtime_(runtime) {
 Server::~Server() = default;
 
 void Server::bind() {
-  for (const auto& configured : runtime_.config.listen) {
-    tcp::endpoint wanted = to_tcp(configured);
-    tcp::endpoint bound;
-    for (auto& worker : workers_) {
-      try {
-        // Port 0: the first worker picks the port, the others join it.
-        bound = worker->listen(bound.port() != 0 ? bound : wanted);
-      } catch (const std::exception& e) {
-        throw std::runtime_error("cannot listen on " + configured.to_string() + ": " + e.what());
+  const Config& config = runtime_.config;
+  auto bind_all = [&](const std::vector<Endpoint>& list, ListenerKind kind) {
+    for (const auto& configured : list) {
+      tcp::endpoint wanted = to_tcp(configured);
+      tcp::endpoint bound;
+      for (auto& worker : workers_) {
+        try {
+          // Port 0: the first worker picks the port, the others join it.
+          bound = worker->listen(bound.port() != 0 ? bound : wanted, kind);
+        } catch (const std::exception& e) {
+          throw std::runtime_error("cannot listen on " + configured.to_string() + ": " + e.what());
+        }
       }
+      const Endpoint actual{configured.address, bound.port()};
+      listeners_.push_back({actual.to_string(), std::string(to_string(kind))});
+      runtime_.bound_listeners.push_back(actual);
+      log::info("listening")
+          .kv("role", "proxy")
+          .kv("mode", to_string(kind))
+          .kv("address", actual.to_string())
+          .kv("workers", static_cast<unsigned>(workers_.size()));
     }
-    listeners_.push_back(Endpoint{configured.address, bound.port()}.to_string());
-    runtime_.bound_listeners.push_back(Endpoint{configured.address, bound.port()});
-    log::info("listening")
-        .kv("role", "proxy")
-        .kv("address", Endpoint{configured.address, bound.port()}.to_string())
-        .kv("workers", static_cast<unsigned>(workers_.size()));
-  }
+  };
+  bind_all(config.listen, ListenerKind::explicit_proxy);
+  bind_all(config.proxy_protocol_listen, ListenerKind::proxy_protocol);
+  bind_all(config.transparent_listen, ListenerKind::transparent);
 }
 
 std::string Server::policy_json() const {
@@ -66,7 +74,8 @@ std::string Server::listeners_json() const {
   std::string out = ",\"listeners\":[";
   for (std::size_t i = 0; i < listeners_.size(); ++i) {
     if (i > 0) out.push_back(',');
-    out += "{\"address\":\"" + webui::json_escape(listeners_[i]) + "\",\"mode\":\"explicit\"}";
+    out += "{\"address\":\"" + webui::json_escape(listeners_[i].first) + "\",\"mode\":\"" +
+           listeners_[i].second + "\"}";
   }
   out += "],\"admin\":\"" + webui::json_escape(admin_address_) + "\",\"ca\":{\"subject\":\"" +
          webui::json_escape(runtime_.ca.subject()) + "\",\"fingerprint\":\"" +

@@ -25,7 +25,7 @@ class Server {
   std::string policy_json() const;
   std::string evidence_json() const;
   std::string listeners_json() const;
-  std::vector<std::string> listeners_;
+  std::vector<std::pair<std::string, std::string>> listeners_;  // address, mode
   std::string admin_address_;
   // Reloads the policy and catalog; logs the outcome. Main thread.
   void reload(std::string_view why);

@@ -1,5 +1,7 @@
 #include "proxy/worker.hpp"
 
+#include <netinet/in.h>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -17,16 +19,41 @@ Worker::~Worker() {
   join();
   // Sessions still open after the drain deadline unwind now, while the registry they
   // remove themselves from, the TLS contexts and the acceptors still exist.
-  for (auto& acceptor : acceptors_) {
+  for (auto& listener : acceptors_) {
     error_code ignored;
-    acceptor.close(ignored);
+    listener.acceptor.close(ignored);
   }
   io_.reset();
 }
 
-tcp::endpoint Worker::listen(const tcp::endpoint& endpoint) {
-  auto& acceptor = acceptors_.emplace_back(*io_);
+std::string_view to_string(ListenerKind kind) {
+  switch (kind) {
+    case ListenerKind::explicit_proxy:
+      return "explicit";
+    case ListenerKind::proxy_protocol:
+      return "explicit+proxy-protocol";
+    case ListenerKind::transparent:
+      return "transparent";
+  }
+  return "explicit";
+}
+
+tcp::endpoint Worker::listen(const tcp::endpoint& endpoint, ListenerKind kind) {
+  auto& listener = acceptors_.emplace_back(Listener{tcp::acceptor(*io_), kind});
+  auto& acceptor = listener.acceptor;
   acceptor.open(endpoint.protocol());
+  if (kind == ListenerKind::transparent) {
+    // TPROXY hands us connections addressed to other hosts; REDIRECT does not need it. Without
+    // CAP_NET_ADMIN this fails, and only REDIRECT works: said once, at start.
+    const int on = 1;
+    const int level = endpoint.address().is_v6() ? SOL_IPV6 : SOL_IP;
+    const int option = endpoint.address().is_v6() ? IPV6_TRANSPARENT : IP_TRANSPARENT;
+    if (::setsockopt(acceptor.native_handle(), level, option, &on, sizeof on) != 0 && index_ == 0) {
+      log::info("transparent-without-tproxy")
+          .kv("address", endpoint.address().to_string())
+          .kv("reason", "IP_TRANSPARENT needs CAP_NET_ADMIN; REDIRECT still works");
+    }
+  }
   acceptor.set_option(tcp::acceptor::reuse_address(true));
   // Every worker binds the same address; the kernel spreads connections over them.
   acceptor.set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true));
@@ -37,8 +64,8 @@ tcp::endpoint Worker::listen(const tcp::endpoint& endpoint) {
 }
 
 void Worker::start() {
-  for (auto& acceptor : acceptors_) {
-    asio::co_spawn(*io_, accept_loop(acceptor), asio::detached);
+  for (auto& listener : acceptors_) {
+    asio::co_spawn(*io_, accept_loop(listener), asio::detached);
   }
   thread_ = std::thread([this] {
     for (;;) {
@@ -56,9 +83,9 @@ void Worker::start() {
 void Worker::begin_drain() {
   asio::post(*io_, [this] {
     draining_ = true;
-    for (auto& acceptor : acceptors_) {
+    for (auto& listener : acceptors_) {
       error_code ignored;
-      acceptor.close(ignored);
+      listener.acceptor.close(ignored);
     }
     for (ClientSession* session : sessions_) session->close_if_idle();
   });
@@ -83,7 +110,8 @@ void Worker::remove_session(std::list<ClientSession*>::iterator it) {
   active_.fetch_sub(1, std::memory_order_acq_rel);
 }
 
-awaitable<void> Worker::accept_loop(tcp::acceptor& acceptor) {
+awaitable<void> Worker::accept_loop(Listener& listener) {
+  tcp::acceptor& acceptor = listener.acceptor;
   asio::steady_timer backoff(*io_);
   while (!draining_) {
     auto [ec, socket] = co_await acceptor.async_accept(use_nothrow);
@@ -105,7 +133,7 @@ awaitable<void> Worker::accept_loop(tcp::acceptor& acceptor) {
       socket.close(ignored);
       continue;
     }
-    auto session = std::make_unique<ClientSession>(*this, std::move(socket));
+    auto session = std::make_unique<ClientSession>(*this, std::move(socket), listener.kind);
     asio::co_spawn(*io_, ClientSession::run(std::move(session)), [](std::exception_ptr e) {
       if (!e) return;
       try {

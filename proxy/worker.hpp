@@ -19,6 +19,12 @@ namespace tokgate::proxy {
 
 class ClientSession;
 
+// What arrives on a listener: explicit-proxy requests (CONNECT and absolute-form), the same
+// preceded by a PROXY protocol header (behind a load balancer), or redirected connections
+// (transparent gateway: REDIRECT or TPROXY).
+enum class ListenerKind : uint8_t { explicit_proxy, proxy_protocol, transparent };
+std::string_view to_string(ListenerKind kind);
+
 class Worker {
  public:
   Worker(Runtime& runtime, unsigned index);
@@ -27,7 +33,8 @@ class Worker {
   Worker& operator=(const Worker&) = delete;
 
   // Binds a listener (SO_REUSEPORT) and returns the bound endpoint; throws on failure.
-  tcp::endpoint listen(const tcp::endpoint& endpoint);
+  tcp::endpoint listen(const tcp::endpoint& endpoint,
+                       ListenerKind kind = ListenerKind::explicit_proxy);
   void start();
   // Thread-safe: stop accepting, close idle connections, let in-flight requests finish.
   void begin_drain();
@@ -49,7 +56,11 @@ class Worker {
   void remove_session(std::list<ClientSession*>::iterator it);
 
  private:
-  awaitable<void> accept_loop(tcp::acceptor& acceptor);
+  struct Listener {
+    tcp::acceptor acceptor;
+    ListenerKind kind;
+  };
+  awaitable<void> accept_loop(Listener& listener);
 
   Runtime& runtime_;
   unsigned index_;
@@ -57,7 +68,7 @@ class Worker {
   // still use this worker's other members while they unwind.
   std::unique_ptr<asio::io_context> io_ = std::make_unique<asio::io_context>(1);
   TlsContexts tls_;
-  std::list<tcp::acceptor> acceptors_;
+  std::list<Listener> acceptors_;
   std::list<ClientSession*> sessions_;
   std::atomic<std::size_t> active_{0};
   bool draining_ = false;

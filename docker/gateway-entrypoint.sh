@@ -1,0 +1,52 @@
+#!/bin/bash
+# tokgate-gateway-entrypoint [tokgate run arguments...]
+#
+# The entrypoint of the image's `gateway` target: a container that is the default gateway of a
+# LAN (the lab's transparent profile). As root, with CAP_NET_ADMIN, it loads the nftables rules
+# of docker/nftables/ for the LAN interface, then drops every privilege and runs
+# `tokgate run ARGS...` as the user tokgate. REDIRECT needs no capability in tokgate itself.
+#
+# Environment:
+#   LAN_IF            the LAN interface; or
+#   LAN_CIDR          the LAN's subnet (e.g. 172.29.81.0/24): the interface holding an address in
+#                     it is the LAN interface (container interface names depend on start order)
+#   TRANSPARENT_PORT  tokgate's transparent listener port (default 8443)
+#   BLOCK_QUIC        1 (default): also load block-quic.nft; 0: do not
+#   TOKGATE_NFT_DIR   where the .nft files are (default /etc/tokgate-nftables)
+set -euo pipefail
+
+nft_dir=${TOKGATE_NFT_DIR:-/etc/tokgate-nftables}
+lan_if=${LAN_IF:-}
+lan_cidr=${LAN_CIDR:-}
+transparent_port=${TRANSPARENT_PORT:-8443}
+block_quic=${BLOCK_QUIC:-1}
+
+die() {
+  echo "tokgate-gateway: $*" >&2
+  exit 1
+}
+
+[[ $(id -u) == 0 ]] || die "must start as root to load the nftables rules (then runs tokgate as tokgate)"
+if [[ -z $lan_if ]]; then
+  [[ -n $lan_cidr ]] || die "set LAN_IF or LAN_CIDR"
+  lan_if=$(ip -o addr show to "$lan_cidr" | awk '{ print $2; exit }')
+  [[ -n $lan_if ]] || die "no interface has an address in LAN_CIDR=$lan_cidr"
+fi
+[[ $lan_if =~ ^[A-Za-z0-9_.@-]+$ ]] || die "unexpected interface name '$lan_if'"
+lan_if=${lan_if%%@*} # "eth1@if23" -> "eth1"
+[[ $transparent_port =~ ^[0-9]+$ ]] || die "TRANSPARENT_PORT must be a number"
+
+# The files keep their defaults for a hand-run `nft -f`; the container's values are set here.
+sed -e "s|^define LAN_IF = .*|define LAN_IF = \"$lan_if\"|" \
+  -e "s|^define TRANSPARENT_PORT = .*|define TRANSPARENT_PORT = $transparent_port|" \
+  "$nft_dir/tokgate-gateway.nft" | nft -f /dev/stdin ||
+  die "cannot load $nft_dir/tokgate-gateway.nft (does the container have CAP_NET_ADMIN?)"
+echo "tokgate-gateway: TCP 80/443 arriving on $lan_if -> tokgate's transparent port $transparent_port"
+if [[ $block_quic == 1 ]]; then
+  nft -f "$nft_dir/block-quic.nft" || die "cannot load $nft_dir/block-quic.nft"
+  echo "tokgate-gateway: forwarded UDP/443 (QUIC) rejected"
+fi
+
+exec setpriv --reuid=tokgate --regid=tokgate --init-groups --no-new-privs \
+  --bounding-set=-all --inh-caps=-all \
+  /usr/local/bin/tokgate run "$@"
