@@ -13,6 +13,8 @@
 #   TRANSPARENT_PORT  tokgate's transparent listener port (default 8443)
 #   BLOCK_QUIC        1 (default): also load block-quic.nft; 0: do not
 #   TOKGATE_NFT_DIR   where the .nft files are (default /etc/tokgate-nftables)
+#   EXTRA_NFT         more .nft files to load afterwards, space-separated (the lab's
+#                     lab-internet.nft)
 set -euo pipefail
 
 nft_dir=${TOKGATE_NFT_DIR:-/etc/tokgate-nftables}
@@ -20,6 +22,7 @@ lan_if=${LAN_IF:-}
 lan_cidr=${LAN_CIDR:-}
 transparent_port=${TRANSPARENT_PORT:-8443}
 block_quic=${BLOCK_QUIC:-1}
+extra_nft=${EXTRA_NFT:-}
 
 die() {
   echo "tokgate-gateway: $*" >&2
@@ -46,6 +49,10 @@ if [[ $block_quic == 1 ]]; then
   nft -f "$nft_dir/block-quic.nft" || die "cannot load $nft_dir/block-quic.nft"
   echo "tokgate-gateway: forwarded UDP/443 (QUIC) rejected"
 fi
+for file in $extra_nft; do
+  nft -f "$file" || die "cannot load $file"
+  echo "tokgate-gateway: loaded $file"
+done
 
 exec setpriv --reuid=tokgate --regid=tokgate --init-groups --no-new-privs \
   --bounding-set=-all --inh-caps=-all \

@@ -277,6 +277,12 @@ http::response<http::string_body> ClientSession::reserved_page(std::string_view 
   } else if (path == "/style.css") {
     type = "text/css; charset=utf-8";
     response.body() = embedded::webui_style_css();
+  } else if (path == "/ca.json") {
+    // The fingerprint to compare before trusting (the admin UI shows the same).
+    type = "application/json";
+    response.body() = "{\"fingerprint\":\"" + runtime_.ca.fingerprint_sha256() +
+                      "\",\"subject\":\"" + webui::json_escape(runtime_.ca.subject()) +
+                      "\",\"not_after\":\"" + format_timestamp(runtime_.ca.not_after()) + "\"}";
   } else if (path == "/ca.pem") {
     type = "application/x-pem-file";
     response.body() = runtime_.ca.pem();
@@ -288,7 +294,7 @@ http::response<http::string_body> ClientSession::reserved_page(std::string_view 
     response.set(http::field::content_disposition, "attachment; filename=\"tokgate-ca.crt\"");
   } else {
     response.result(http::status::not_found);
-    response.body() = "only the CA is served here: /, /ca.pem, /ca.crt\n";
+    response.body() = "only the CA is served here: /, /ca.pem, /ca.crt, /ca.json\n";
   }
   response.set(http::field::content_type, type);
   response.set(http::field::cache_control, "no-store");

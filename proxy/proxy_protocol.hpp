@@ -91,8 +91,9 @@ std::string_view to_string(ProxyHeaderError error);
 //       of UNSPEC skips the block. The length must cover the address block; the TLVs after it
 //       must fill the rest exactly.
 // need_more is answered only while `bytes` can still be completed into a valid header, so
-// garbage is refused as soon as it is seen. Never reads outside `bytes`; work and allocations
-// are bounded by the limits above.
+// garbage is refused as soon as it is seen (one exception: a v1 line whose fields are valid so
+// far but too long to end within 107 bytes is refused when the 106th byte is not its CR).
+// Never reads outside `bytes`; work and allocations are bounded by the limits above.
 std::expected<ProxyHeader, ProxyHeaderError> parse_proxy_header(std::span<const uint8_t> bytes);
 
 }  // namespace tokgate::proxy

@@ -1073,8 +1073,9 @@ async function boot() {
   wire();
   openHowtoForThisDevice();
   if (location.hostname === 'tokgate') {
+    // Served by the proxy itself: only the CA and its facts exist here (/ca.json).
     enterStandalone();
-    loadStatus().catch(() => {});
+    getJSON('/ca.json').then((ca) => { state.status = { ca }; renderCA(); }).catch(() => {});
     return;
   }
   route();
