@@ -17,6 +17,8 @@ packages=(
   libmaxmind-db-writer-perl tshark
   # web UI end-to-end tests: Debian's Chromium, driven by playwright-core from npm
   chromium
+  # transparent gateway in network namespaces, HAProxy with the PROXY protocol, the lab files
+  iproute2 nftables haproxy python3-yaml
 )
 
 missing=()
