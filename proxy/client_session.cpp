@@ -4,6 +4,8 @@
 #include <openssl/ssl.h>
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ip/udp.hpp>
+#include <boost/asio/system_executor.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/url/parse.hpp>
 
@@ -168,7 +170,8 @@ std::optional<std::string> normalized(std::string_view host) {
   return policy::normalize_host(host);
 }
 
-ClientSession::ClientSession(Worker& worker, tcp::socket socket, ListenerKind kind)
+ClientSession::ClientSession(Worker& worker, tcp::socket socket, ListenerKind kind,
+                             const std::string& listener)
     : worker_(worker),
       runtime_(worker.runtime()),
       config_(worker.config()),
@@ -181,15 +184,14 @@ ClientSession::ClientSession(Worker& worker, tcp::socket socket, ListenerKind ki
   client_ip_ = to_ip_address(client_endpoint_.address());
   client_socket_.set_option(tcp::no_delay(true), ec);
   facts_.started = std::chrono::system_clock::now();
+  facts_.mode = kind == ListenerKind::transparent ? "transparent" : "explicit";
   if (runtime_.pseudonymiser) {
     facts_.client_ip = runtime_.pseudonymiser->pseudonym(client_ip_.to_string());
   } else {
     facts_.client_ip = client_ip_.to_string();
     facts_.client_port = client_endpoint_.port();
   }
-  if (auto local = client_socket_.local_endpoint(ec); !ec) {
-    facts_.listener = Endpoint{to_ip_address(local.address()), local.port()}.to_string();
-  }
+  facts_.listener = listener;
   client_lowest_ = &client_socket_;
   registry_entry_ = worker_.add_session(this);
   runtime_.open_connections.fetch_add(1, std::memory_order_relaxed);
@@ -238,16 +240,31 @@ void ClientSession::cancel_io() {
   if (server_lowest_ != nullptr) server_lowest_->cancel(ignored);
 }
 
+// True when `address` is one of this host's: binding to it works only then (without
+// IP_TRANSPARENT).
+bool is_local_address(const asio::ip::address& address) {
+  asio::ip::udp::socket probe(asio::system_executor{});
+  error_code ec;
+  probe.open(address.is_v6() ? asio::ip::udp::v6() : asio::ip::udp::v4(), ec);
+  if (ec) return false;
+  probe.bind({address, 0}, ec);
+  return !ec;
+}
+
 // The proxy's own listeners (a loop) and its admin listener are never a target: the admin API
 // must not be reachable by whoever can use the proxy (mitmproxy's CVE-2025-23217).
 std::optional<Failure> ClientSession::own_endpoint_failure(
     const std::vector<tcp::endpoint>& endpoints) const {
   auto is = [](const Endpoint& own, const tcp::endpoint& endpoint) {
+    if (own.port != endpoint.port()) return false;
     const IpAddress address = to_ip_address(endpoint.address());
-    return own.port == endpoint.port() &&
-           (own.address == address || endpoint.address().is_loopback() ||
-            std::ranges::all_of(own.address.bytes(), [](uint8_t b) { return b == 0; }) ||
-            own.address.unmapped() == IpAddress::v4({0, 0, 0, 0}));
+    if (own.address == address || endpoint.address().is_loopback()) return true;
+    const bool wildcard =
+        std::ranges::all_of(own.address.bytes(), [](uint8_t b) { return b == 0; }) ||
+        own.address.unmapped() == IpAddress::v4({0, 0, 0, 0});
+    // A wildcard listener is us only at an address of this host: another host on the same
+    // port (an origin on 8443) is a real target.
+    return wildcard && is_local_address(endpoint.address());
   };
   const Endpoint& admin = runtime_.bound_admin ? *runtime_.bound_admin : config_.admin;
   const auto& listeners =
@@ -320,6 +337,15 @@ awaitable<void> ClientSession::flow() {
   if (!allowed) {
     log::warn("client-not-allowed").kv("conn", id_).kv("client", client_ip.to_string());
     rejected_ = true;
+    if (kind_ == ListenerKind::transparent) {
+      // It did not ask for a proxy and may be mid-TLS: an HTTP answer would be noise. Closed,
+      // and recorded.
+      FlowRecord record = connection_record();
+      record.error = "client-not-allowed";
+      record.error_reason = "client " + client_ip.to_string() + " may not use this gateway";
+      emit(std::move(record));
+      co_return;
+    }
     failure_ = Failure{http::status::forbidden, "client-not-allowed",
                        "client " + client_ip.to_string() + " may not use this proxy"};
     co_await send_failure(client_socket_, 11);

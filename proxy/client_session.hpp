@@ -36,7 +36,8 @@ std::optional<std::string> normalized(std::string_view host);
 
 class ClientSession {
  public:
-  ClientSession(Worker& worker, tcp::socket socket, ListenerKind kind);
+  // `listener`: the address of the listener that accepted it (for the records).
+  ClientSession(Worker& worker, tcp::socket socket, ListenerKind kind, const std::string& listener);
   ~ClientSession();
   ClientSession(const ClientSession&) = delete;
   ClientSession& operator=(const ClientSession&) = delete;

@@ -39,7 +39,7 @@ std::string_view to_string(ListenerKind kind) {
 }
 
 tcp::endpoint Worker::listen(const tcp::endpoint& endpoint, ListenerKind kind) {
-  auto& listener = acceptors_.emplace_back(Listener{tcp::acceptor(*io_), kind});
+  auto& listener = acceptors_.emplace_back(Listener{tcp::acceptor(*io_), kind, {}});
   auto& acceptor = listener.acceptor;
   acceptor.open(endpoint.protocol());
   if (kind == ListenerKind::transparent) {
@@ -60,7 +60,11 @@ tcp::endpoint Worker::listen(const tcp::endpoint& endpoint, ListenerKind kind) {
   if (endpoint.address().is_v6()) acceptor.set_option(asio::ip::v6_only(true));
   acceptor.bind(endpoint);
   acceptor.listen(asio::socket_base::max_listen_connections);
-  return acceptor.local_endpoint();
+  const tcp::endpoint bound = acceptor.local_endpoint();
+  listener.address = (bound.address().is_v6() ? "[" + bound.address().to_string() + "]"
+                                              : bound.address().to_string()) +
+                     ":" + std::to_string(bound.port());
+  return bound;
 }
 
 void Worker::start() {
@@ -133,7 +137,8 @@ awaitable<void> Worker::accept_loop(Listener& listener) {
       socket.close(ignored);
       continue;
     }
-    auto session = std::make_unique<ClientSession>(*this, std::move(socket), listener.kind);
+    auto session =
+        std::make_unique<ClientSession>(*this, std::move(socket), listener.kind, listener.address);
     asio::co_spawn(*io_, ClientSession::run(std::move(session)), [](std::exception_ptr e) {
       if (!e) return;
       try {

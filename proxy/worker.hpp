@@ -59,6 +59,7 @@ class Worker {
   struct Listener {
     tcp::acceptor acceptor;
     ListenerKind kind;
+    std::string address;  // as bound: "0.0.0.0:8443"
   };
   awaitable<void> accept_loop(Listener& listener);
 

@@ -19,6 +19,8 @@ packages=(
   chromium
   # transparent gateway in network namespaces, HAProxy with the PROXY protocol, the lab files
   iproute2 nftables haproxy python3-yaml
+  # the docker lab, validated without a Docker engine
+  docker-compose shellcheck
 )
 
 missing=()

@@ -12,6 +12,8 @@
 #   LAB_CA          the lab origin's CA (default /lab-pki/lab-ca.crt), trusted for spliced sites
 #   LAB_GATEWAY     if set, route everything via this address first (needs CAP_NET_ADMIN)
 #   LAB_HTTPS_PORT, LAB_HTTP_PORT   the origin's ports (443 and 80; the loopback test changes them)
+#   LAB_RESOLVE_TO  if set, every lab name resolves to this address (curl --resolve) instead of
+#                   through DNS or /etc/hosts (transparent mode only: an explicit proxy resolves)
 #   LAB_EXPECT      "lab" (default): compare each outcome with what docker/lab/config/policy.toml
 #                   should give and exit 1 on any difference; "none": only print
 #   LAB_WAIT        seconds to wait for tokgate to hand out its CA (default 60)
@@ -25,6 +27,7 @@ LAB_CA=${LAB_CA:-/lab-pki/lab-ca.crt}
 LAB_GATEWAY=${LAB_GATEWAY:-}
 LAB_HTTPS_PORT=${LAB_HTTPS_PORT:-443}
 LAB_HTTP_PORT=${LAB_HTTP_PORT:-80}
+LAB_RESOLVE_TO=${LAB_RESOLVE_TO:-}
 LAB_EXPECT=${LAB_EXPECT:-lab}
 LAB_WAIT=${LAB_WAIT:-60}
 LAB_REPEAT=${LAB_REPEAT:-1}
@@ -94,6 +97,7 @@ with_port() { # URL -> URL with the lab's port when it is not the default one
 
 results=()
 unexpected=0
+footnote=0
 run_scenario() {
   local id what method url ua_name accept_name expected ua accept
   IFS='|' read -r id what method url ua_name accept_name expected <<<"$1"
@@ -105,6 +109,13 @@ run_scenario() {
     -X "$method" -D "$work/headers" -o "$work/body"
     -w '%{http_code} %{http_connect} %{http_version}')
   [[ -n $TOKGATE_PROXY ]] && args+=(--proxy "$TOKGATE_PROXY")
+  if [[ -n $LAB_RESOLVE_TO ]]; then
+    local authority=${url#*://}
+    authority=${authority%%/*}
+    local port=$LAB_HTTPS_PORT
+    [[ $url == http://* ]] && port=$LAB_HTTP_PORT
+    args+=(--resolve "${authority%%:*}:$port:$LAB_RESOLVE_TO")
+  fi
   [[ $method == POST ]] && args+=(-H 'Content-Type: application/json' --data '{"lab":"telemetry"}')
   : >"$work/headers"
   : >"$work/body"
@@ -164,7 +175,12 @@ run_scenario() {
     fi
   fi
   local status=$code
-  [[ $code == 000 && $connect != 000 && $connect != 200 ]] && status="$connect*"
+  if [[ $code == 000 && $connect != 000 && $connect != 200 ]]; then
+    status="$connect*"
+    footnote=1
+  elif [[ $code == 000 ]]; then
+    status="-"
+  fi
 
   say ""
   say "== $id: $what"
@@ -207,7 +223,7 @@ for ((round = 1; round <= LAB_REPEAT; round++)); do
   say "client: summary ($([[ -n $TOKGATE_PROXY ]] && printf 'explicit proxy %s' "$TOKGATE_PROXY" || printf 'transparent'))"
   say "$(printf '%-15s %-15s %-10s %-7s %-6s %s' id outcome expected status check certificate)"
   for line in "${results[@]}"; do say "$line"; done
-  say "(* the status of tokgate's answer to CONNECT; the request itself was never sent)"
+  ((footnote)) && say "(* the status of tokgate's answer to CONNECT; the request itself was never sent)"
   say "client: ${#results[@]} requests, $((${#results[@]} - unexpected)) as expected, $unexpected unexpected"
   ((round < LAB_REPEAT)) && sleep "$LAB_PAUSE"
 done

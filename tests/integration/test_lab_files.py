@@ -482,15 +482,6 @@ class ComposeFileTest(unittest.TestCase):
         self.assertEqual(scale_client["TOKGATE_PROXY"], "http://haproxy:8080")
         self.assertRegex(cfg, r"(?m)^\s*bind :8080$")
 
-    def test_admin_listeners_have_credentials(self):
-        for name in ("tokgate.toml", "gateway.toml", "replica.toml"):
-            config = load_toml(name)
-            with self.subTest(config=name):
-                self.assertTrue(config["proxy"]["admin"].startswith("0.0.0.0:"))
-                self.assertGreaterEqual(len(config["admin"]["token"]), 16)
-                self.assertEqual(config["upstream"]["extra_ca"], ["/lab-pki/lab-ca.crt"])
-                self.assertEqual(config["ca"]["dir"], "/var/lib/tokgate/ca")
-
     def test_compose_cli_validates_the_file(self):
         """`docker compose config -q` (Compose v2) or Debian's docker-compose (v1.29)."""
         profiles = ["--profile", "transparent", "--profile", "scale"]
@@ -515,6 +506,28 @@ class ComposeFileTest(unittest.TestCase):
             path.write_text(text)
             result = run([legacy, "-f", path, "--project-directory", DOCKER, *profiles,
                           "config", "-q"], timeout=60)
+        self.assertEqual(result.returncode, 0, text_of(result))
+
+
+class LabConfigTest(unittest.TestCase):
+    """The lab's tokgate configs (docker/lab/config/), as TOML."""
+
+    def test_admin_listeners_have_credentials(self):
+        for name in ("tokgate.toml", "gateway.toml", "replica.toml"):
+            config = load_toml(name)
+            with self.subTest(config=name):
+                self.assertTrue(config["proxy"]["admin"].startswith("0.0.0.0:"))
+                self.assertGreaterEqual(len(config["admin"]["token"]), 16)
+                self.assertEqual(config["upstream"]["extra_ca"], ["/lab-pki/lab-ca.crt"])
+                self.assertEqual(config["ca"]["dir"], "/var/lib/tokgate/ca")
+                self.assertEqual(config["policy"]["file"], "policy.toml")
+                # The token Prometheus sends (docker/prometheus/admin-token).
+                self.assertEqual(config["admin"]["token"],
+                                 (DOCKER / "prometheus" / "admin-token").read_text().strip())
+
+    def test_lab_policy_checks(self):
+        binary = tokgate_binary_or_skip(self)
+        result = run([binary, "policy", "check", LAB_CONFIG / "policy.toml"])
         self.assertEqual(result.returncode, 0, text_of(result))
 
 
@@ -1053,6 +1066,206 @@ class LabOnLoopbackTest(unittest.TestCase):
         self.assertEqual(record["client_ip"], "127.0.0.2")
 
 
+# --- the transparent profile in network namespaces ---------------------------------------------
+
+NS_CLIENT4, NS_GW_LAN4 = "10.78.1.2", "10.78.1.1"
+NS_GW_WAN4, NS_ORIGIN4 = "10.78.2.1", "10.78.2.2"
+NS_CLIENT6, NS_GW_LAN6 = "fd78:1::2", "fd78:1::1"
+NS_GW_WAN6, NS_ORIGIN6 = "fd78:2::1", "fd78:2::2"
+NS_LAN = "10.78.1.0/24"
+
+
+def ip_cmd(*args, check=True):
+    return run(["ip", *args], timeout=30, check=check)
+
+
+def in_ns(ns, *cmd, check=True, env=None, timeout=60, input=None):  # noqa: A002
+    full = ["ip", "netns", "exec", ns, *[str(c) for c in cmd]]
+    result = subprocess.run(full, capture_output=True, timeout=timeout, env=env or clean_env(),
+                            input=input)
+    if check and result.returncode != 0:
+        raise AssertionError("failed in %s (%d): %s\n%s" % (ns, result.returncode,
+                                                          " ".join(full), text_of(result)))
+    return result
+
+
+class LabTransparentGatewayTest(unittest.TestCase):
+    """The lab's transparent profile without Docker: three network namespaces made here
+    (client | gateway | origin, joined by veth pairs), and in the gateway namespace
+    docker/gateway-entrypoint.sh itself: it finds the LAN interface from LAN_CIDR, loads
+    docker/nftables/tokgate-gateway.nft and block-quic.nft as shipped, drops to an unprivileged
+    user and runs tokgate with docker/lab/config/gateway.toml. The client runs
+    docker/lab/client.sh with no proxy, its default route via the gateway."""
+
+    maxDiff = None
+
+    @classmethod
+    def setUpClass(cls):
+        for tool in ("ip", "nft", "setpriv", "node"):
+            if not shutil.which(tool):
+                raise unittest.SkipTest("%s is not installed" % tool)
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("network namespaces need root")
+        binary = Path(os.environ.get("TOKGATE_BIN") or REPO / "build" / "tokgate")
+        if not binary.is_file():
+            raise unittest.SkipTest("no tokgate binary (set TOKGATE_BIN)")
+        help_text = text_of(run([binary, "run", "--help"]))
+        if "--transparent" not in help_text:
+            raise unittest.SkipTest("this tokgate has no transparent listener yet")
+        cls.tmp = make_tempdir("tokgate-labgw-")
+        cls.addClassCleanup(remove_tree, cls.tmp)
+        # tokgate runs as nobody: everything it reads must be world-readable, its own files
+        # nobody's. A copy of the binary, as the build tree may be unreadable to others.
+        cls.tmp.chmod(0o755)
+        cls.pki = cls.tmp / "pki"
+        result = make_lab_pki(cls.pki)
+        assert result.returncode == 0, text_of(result)
+        cls.work = cls.tmp / "gw"
+        cls.work.mkdir()
+        cls.binary = cls.work / "tokgate"
+        shutil.copy2(binary, cls.binary)
+        config = adapted_config("gateway.toml", cls.work, cls.pki)
+        (cls.work / "tokgate.toml").write_text(config)
+        import pwd
+        nobody = pwd.getpwnam("nobody")
+        for path in [cls.work, *cls.work.iterdir()]:
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        cls.flow_log = cls.work / "flows.jsonl"
+        suffix = os.urandom(3).hex()
+        cls.c, cls.g, cls.o = ("tl%s-%s" % (role, suffix) for role in ("c", "g", "o"))
+        for ns in (cls.c, cls.g, cls.o):
+            result = ip_cmd("netns", "add", ns, check=False)
+            if result.returncode != 0:
+                raise unittest.SkipTest("cannot create network namespaces here: %s"
+                                        % text_of(result)[:200])
+            cls.addClassCleanup(ip_cmd, "netns", "del", ns, check=False)
+        cls.build_network()
+        cls.start_origin()
+        cls.start_gateway()
+
+    @classmethod
+    def build_network(cls):
+        c, g, o = cls.c, cls.g, cls.o
+        ip_cmd("-n", g, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0",
+               "netns", c)
+        ip_cmd("-n", g, "link", "add", "wan0", "type", "veth", "peer", "name", "eth0",
+               "netns", o)
+        for ns, dev, addresses in ((c, "eth0", [NS_CLIENT4 + "/24", NS_CLIENT6 + "/64"]),
+                                   (g, "lan0", [NS_GW_LAN4 + "/24", NS_GW_LAN6 + "/64"]),
+                                   (g, "wan0", [NS_GW_WAN4 + "/24", NS_GW_WAN6 + "/64"]),
+                                   (o, "eth0", [NS_ORIGIN4 + "/24", NS_ORIGIN6 + "/64"])):
+            for address in addresses:
+                extra = ["nodad"] if ":" in address else []
+                ip_cmd("-n", ns, "addr", "add", address, "dev", dev, *extra)
+            ip_cmd("-n", ns, "link", "set", dev, "up")
+        for ns in (c, g, o):
+            ip_cmd("-n", ns, "link", "set", "lo", "up")
+        ip_cmd("-n", c, "route", "add", "default", "via", NS_GW_LAN4)
+        ip_cmd("-n", c, "-6", "route", "add", "default", "via", NS_GW_LAN6)
+        ip_cmd("-n", o, "route", "add", "default", "via", NS_GW_WAN4)
+        ip_cmd("-n", o, "-6", "route", "add", "default", "via", NS_GW_WAN6)
+        in_ns(g, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        in_ns(g, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+
+    @classmethod
+    def start_origin(cls):
+        cmd = ["ip", "netns", "exec", cls.o, "node", str(LAB / "origin.mjs"),
+               "--cert", str(cls.pki / "origin.crt"), "--key", str(cls.pki / "origin.key"),
+               "--host", "::", "--https-port", "443", "--http-port", "80"]
+        cls.origin = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, env=clean_env())
+        cls.addClassCleanup(cls.stop, cls.origin)
+        cls.origin_log = harness.LineCollector(cls.origin.stdout, "ns-origin")
+        cls.origin_log.wait_for(lambda l: '"ready"' in l, 20, "lab origin ready")
+
+    @classmethod
+    def start_gateway(cls):
+        env = clean_env(LAN_CIDR=NS_LAN, TRANSPARENT_PORT="8443", TOKGATE_NFT_DIR=str(NFT_DIR),
+                        TOKGATE_USER="nobody", TOKGATE_BIN=str(cls.binary))
+        cmd = ["ip", "netns", "exec", cls.g, str(DOCKER / "gateway-entrypoint.sh"),
+               "--config", str(cls.work / "tokgate.toml"),
+               "--allow-client", NS_LAN, "--allow-client", "fd78:1::/64",
+               "--transparent", "0.0.0.0:8443", "--transparent", "[::]:8443",
+               "--flow-log", str(cls.flow_log)]
+        cls.gateway = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, env=env, cwd=str(cls.work))
+        cls.addClassCleanup(cls.stop, cls.gateway)
+        cls.gateway_log = harness.LineCollector(cls.gateway.stdout, "ns-gateway")
+
+        def admin_listening(line):
+            record = harness.parse_log_line(line)
+            return record and record.get("event") == "listening" and record.get("role") == "admin"
+        try:
+            cls.gateway_log.wait_for(admin_listening, 20, "tokgate listening in the gateway")
+        except AssertionError:
+            raise AssertionError("the gateway did not start:\n%s"
+                                 % "\n".join(cls.gateway_log.snapshot()[-40:]))
+
+    @staticmethod
+    def stop(process):
+        harness._stop_process(process, timeout=10)
+        if process.stdout:
+            process.stdout.close()
+
+    def gateway_context(self):
+        return "\n--- gateway log:\n" + "\n".join(self.gateway_log.snapshot()[-40:])
+
+    def test_entrypoint_loaded_the_rules_and_dropped_privileges(self):
+        log = "\n".join(self.gateway_log.snapshot())
+        self.assertIn("TCP 80/443 arriving on lan0 -> tokgate's transparent port 8443", log)
+        self.assertIn("forwarded UDP/443 (QUIC) rejected", log)
+        ruleset = text_of(in_ns(self.g, "nft", "list", "ruleset"))
+        self.assertIn('iifname != "lan0" return', ruleset)
+        self.assertIn('meta skuid "nobody" return', ruleset.replace("65534", '"nobody"'))
+        status = Path("/proc/%d/status" % self.gateway.pid).read_text()
+        uids = re.search(r"(?m)^Uid:\s+(.*)$", status).group(1).split()
+        self.assertEqual(set(uids), {"65534"}, status)
+        for field in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+            self.assertEqual(int(re.search(r"(?m)^%s:\s+(\S+)$" % field, status).group(1), 16),
+                             0, field)
+        self.assertRegex(status, r"(?m)^NoNewPrivs:\s+1$")
+
+    def test_client_through_the_gateway(self):
+        result = in_ns(self.c, LAB / "client.sh", check=False, timeout=120, env=clean_env(
+            TOKGATE_PROXY="", CA_PROXY="http://%s:8080" % NS_GW_LAN4,
+            LAB_CA=str(self.pki / "lab-ca.crt"), LAB_RESOLVE_TO=NS_ORIGIN4, LAB_WAIT="20"))
+        output = text_of(result)
+        outcomes = {m.group(1): m.group(2) for m in SUMMARY_LINE.finditer(output)
+                    if m.group(1) != "id"}
+        self.assertEqual(outcomes, EXPECTED_OUTCOMES, output[-4000:] + self.gateway_context())
+        self.assertEqual(result.returncode, 0, output[-4000:])
+        self.assertIn("client: summary (transparent)", output)
+        self.assertIn("cut during the TLS handshake", output)
+        records = wait_until(lambda: [r for r in flow_records(self.flow_log)
+                                      if r.get("mode") == "transparent"], 10, "flow records")
+        self.assertTrue(all(r.get("client_ip") == NS_CLIENT4 for r in records), records)
+        hosts = {r.get("host") for r in records}
+        self.assertTrue({"www.tiktok.com", "news.example.org", "bank.example.org",
+                         "api16-normal-c-useast1a.tiktokv.com"} <= hosts, hosts)
+        counter = text_of(in_ns(self.g, "nft", "list", "chain", "inet", "tokgate_gateway",
+                                "prerouting"))
+        self.assertRegex(counter, r"counter packets [1-9]")
+
+    def test_ipv6_is_redirected_too(self):
+        result = in_ns(self.c, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                       "--max-time", "15", "-k", "--resolve", "www.tiktok.com:443:[%s]"
+                       % NS_ORIGIN6, "https://www.tiktok.com/@v6", check=False)
+        self.assertEqual(result.stdout.decode(), "451", text_of(result) + self.gateway_context())
+
+    def test_quic_is_rejected_at_the_gateway(self):
+        before = text_of(in_ns(self.g, "nft", "list", "table", "inet", "tokgate_block_quic"))
+        probe = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                 "s.settimeout(5); s.connect(('%s', 443)); s.send(b'quic?')\n"
+                 "try:\n    s.recv(10); print('answered')\n"
+                 "except ConnectionRefusedError:\n    print('refused')\n"
+                 "except socket.timeout:\n    print('timeout')" % NS_ORIGIN4)
+        result = in_ns(self.c, sys.executable, "-c", probe, check=False)
+        self.assertEqual(result.stdout.decode().strip(), "refused", text_of(result))
+        after = text_of(in_ns(self.g, "nft", "list", "table", "inet", "tokgate_block_quic"))
+        count = lambda text: int(re.search(r"counter packets (\d+)", text).group(1))  # noqa: E731
+        self.assertGreater(count(after), count(before), after)
+
+
 def loopback_haproxy_cfg(front_port, proxy_protocol_port, admin_port):
     """docker/haproxy/haproxy.cfg with its Docker names and ports moved to loopback; every
     other line (send-proxy-v2, the /readyz check, timeouts) as shipped."""
@@ -1133,7 +1346,7 @@ class NftablesTest(unittest.TestCase):
     def test_gateway_entrypoint_substitutions_match_the_file(self):
         entry = (DOCKER / "gateway-entrypoint.sh").read_text()
         gateway = (NFT_DIR / "tokgate-gateway.nft").read_text()
-        for define in ("LAN_IF", "TRANSPARENT_PORT"):
+        for define in ("LAN_IF", "TRANSPARENT_PORT", "TOKGATE_USER"):
             self.assertIn("s|^define %s = .*|" % define, entry)
             self.assertRegex(gateway, r"(?m)^define %s = " % define)
         for name in ("tokgate-gateway.nft", "block-quic.nft"):

@@ -42,15 +42,17 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def v2_header(command, family=None, source=None, destination=None):
+def v2_header(command, family=None, source=None, destination=None, tlvs=()):
     """A PROXY v2 header: command "LOCAL" or "PROXY"; family "TCP4"/"TCP6" with (ip, port)
-    source and destination."""
+    source and destination, then the (type, value) TLVs."""
     version_command = 0x20 | (0x1 if command == "PROXY" else 0x0)
     if family is None:
         return V2_SIGNATURE + struct.pack("!BBH", version_command, 0x00, 0)
     inet = socket.AF_INET if family == "TCP4" else socket.AF_INET6
     block = (socket.inet_pton(inet, source[0]) + socket.inet_pton(inet, destination[0])
              + struct.pack("!HH", source[1], destination[1]))
+    for kind, value in tlvs:
+        block += struct.pack("!BH", kind, len(value)) + value
     family_byte = 0x11 if family == "TCP4" else 0x21
     return V2_SIGNATURE + struct.pack("!BBH", version_command, family_byte, len(block)) + block
 
@@ -72,6 +74,10 @@ def closed_without_answer(conn, timeout):
     except socket.timeout:
         raise AssertionError("the connection was still open after %.1fs" % timeout)
     return data, time.monotonic() - started
+
+
+class HaproxyExited(AssertionError):
+    pass
 
 
 class Haproxy:
@@ -104,7 +110,7 @@ class Haproxy:
 
     def _accepts(self, port):
         if self.process.poll() is not None:
-            raise AssertionError("haproxy exited with %s: %s" % (
+            raise HaproxyExited("haproxy exited with %s: %s" % (
                 self.process.returncode, self.output_path.read_text(errors="replace")[-2000:]))
         try:
             # From the test's client address: HAProxy passes the probe on to a tokgate, whose
@@ -154,10 +160,22 @@ class ProxyProtocolTest(IntegrationTestCase):
             self.proxies.append(proxy)
             self.flow_logs.append(flow_log)
         self.ca_pem = self.ca_dir / "ca.pem"
-        self.v2_port = free_port()
-        self.v1_port = free_port()
+        self.haproxy = None
+        for attempt in range(3):
+            # Free ports for the frontends; another process could take one first: try again.
+            self.v2_port, self.v1_port = free_port(), free_port()
+            try:
+                self.haproxy = Haproxy(self.tmp / name / ("haproxy-%d" % attempt),
+                                       self.haproxy_config(), (self.v2_port, self.v1_port))
+                break
+            except HaproxyExited:
+                if attempt == 2:
+                    raise
+        self.addCleanup(self.haproxy.stop)
+
+    def haproxy_config(self):
         t1, t2 = (p.pp_port for p in self.proxies)
-        config = "\n".join([
+        return "\n".join([
             "global",
             "    maxconn 200",
             "defaults",
@@ -180,9 +198,6 @@ class ProxyProtocolTest(IntegrationTestCase):
             "    server t1 127.0.0.1:%d send-proxy" % t1,
             "    server t2 127.0.0.1:%d send-proxy" % t2,
             ""])
-        self.haproxy = Haproxy(self.tmp / name / "haproxy", config,
-                               (self.v2_port, self.v1_port))
-        self.addCleanup(self.haproxy.stop)
 
     def context(self):
         parts = [p.context() for p in self.proxies]
@@ -340,6 +355,11 @@ class ProxyProtocolTest(IntegrationTestCase):
             ("/whoami/v2-local", v2_header("LOCAL"), CLIENT, CLIENT, None),
             ("/whoami/v2-tcp6", v2_header("PROXY", "TCP6", (V6_CLIENT, 40007),
                                           ("2001:db8::1", 443)), BALANCER, V6_CLIENT, 40007),
+            # TLVs as balancers send them (the SNI as PP2_TYPE_AUTHORITY, 2000 bytes of NOOP
+            # padding): a header longer than one read.
+            ("/whoami/v2-tlvs", v2_header("PROXY", "TCP4", (CLIENT, 40004), ("127.0.0.1", 80),
+                                          tlvs=[(0x02, b"www.tiktok.com"),
+                                                (0x04, bytes(2000))]), BALANCER, CLIENT, 40004),
             ("/whoami/v1-tcp4", b"PROXY TCP4 %s 127.0.0.1 40001 8080\r\n" % CLIENT.encode(),
              BALANCER, CLIENT, 40001),
             ("/whoami/v1-tcp6", b"PROXY TCP6 %s 2001:db8::1 40006 8080\r\n"

@@ -2,11 +2,12 @@
 
 Three network namespaces made by the test (random suffix, always removed):
 
-    client (10.77.1.2, fd77:1::2) -- gateway (10.77.1.1 | 10.77.2.1, fd77:1::1 | fd77:2::1)
-                                                     -- origin (10.77.2.2 + .3, fd77:2::2 + ::3)
+    client (10.77.1.2 + .3, fd77:1::2)
+        -- gateway (10.77.1.1 | 10.77.2.1, fd77:1::1 | fd77:2::1)
+            -- origin (10.77.2.2 + .3, fd77:2::2 + ::3)
 
 The client's default routes go through the gateway, which forwards. On the gateway, nftables
-REDIRECTs the client's TCP 80/443 to the origin's first addresses (10.77.2.2, fd77:2::2) to
+REDIRECTs the client's TCP 80/443/8443 to the origin's first addresses (10.77.2.2, fd77:2::2) to
 tokgate's transparent listeners (0.0.0.0:8443 and [::]:8443: SO_ORIGINAL_DST gives the original
 destination), and TPROXYs TCP 443 to the origin's second addresses (10.77.2.3, fd77:2::3) to the
 same listeners (the socket's local address is the original destination). The client never
@@ -14,10 +15,12 @@ names a proxy: curl connects to the origin's address, the name comes from the TL
 Host header on port 80), and tokgate connects to the address the client chose (the gateway has
 no name resolution for these names at all).
 
-The origin is h2origin.mjs (HTTPS, both h2 and HTTP/1.1, with the test PKI's certificate for
-www.tiktok.com, example.org and api16-normal-c-useast1a.tiktokv.com) plus its cleartext HTTP
-mode on port 80. The policy intercepts www.tiktok.com (logging it, with one path blocked),
-splices example.org and refuses the TikTok app's API host.
+The origin is h2origin.mjs (HTTPS on 443 and 8443, both h2 and HTTP/1.1, with the test PKI's
+certificate for www.tiktok.com, example.org and api16-normal-c-useast1a.tiktokv.com) plus its
+cleartext HTTP mode on port 80. The policy intercepts www.tiktok.com (logging it, with one path
+blocked), splices example.org and refuses the TikTok app's API host. Only 10.77.1.2 and
+fd77:1::2 are allowed clients (10.77.1.3 is the outsider). One tokgate serves the whole class;
+every test checks that it is still running.
 """
 
 import json
@@ -568,8 +571,9 @@ class TransparentGatewayTest(unittest.TestCase):
                 self.assertNotEqual(result.returncode, 0, result.describe())
                 self.assertNotEqual(result.returncode, 28, "held open: " + result.describe())
                 self.assertEqual(result.status, 0, "answered: " + result.describe())
-                record = self.wait_for_flow("loop", type="connection", error="loop",
-                                            client_port=result.info.get("local_port"))
+                match = {"client_port": result.info["local_port"]} if result.info.get(
+                    "local_port") else {"host": gateway}
+                record = self.wait_for_flow("loop", type="connection", error="loop", **match)
                 where = json.dumps(record) + self.context()
                 self.assertEqual((record["mode"], record["client_ip"], record["host"],
                                   record["port"]),
@@ -609,9 +613,10 @@ class TransparentGatewayTest(unittest.TestCase):
         plain = self.client_curl("http://%s/whoami/outsider" % WEB_HOST,
                                  resolve="%s:80:%s" % (WEB_HOST, ORIGIN4),
                                  args=["--interface", OUTSIDER4])
-        self.assertEqual(plain.status, 403, plain.describe())
-        self.assertEqual(plain.header("x-tokgate-error"), "client-not-allowed",
-                         plain.describe())
+        # A transparent client did not ask for a proxy (and may be mid-TLS): it is closed
+        # without an HTTP answer, and recorded.
+        self.assertNotEqual(plain.returncode, 0, plain.describe())
+        self.assertEqual(plain.status, 0, plain.describe())
         time.sleep(0.2)
         self.assertEqual(len(self.origin.events(event="connection")), before)
         self.assertEqual(len(self.plain_origin.events(event="connection")), plain_before)
