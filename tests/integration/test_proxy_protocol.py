@@ -456,3 +456,35 @@ class ProxyProtocolTest(IntegrationTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SharedPortTest(IntegrationTestCase):
+    """Several processes on one port (SO_REUSEPORT): a second tokgate binds the port the
+    first holds, and the kernel spreads new connections over both."""
+
+    def test_two_processes_share_one_port(self):
+        port = free_port()
+        logs = []
+        proxies = []
+        for index in (1, 2):
+            flow_log = self.tmp / ("shared-flows-%d.jsonl" % index)
+            proxy = Tokgate(self.tmp / ("shared-%d" % index),
+                            ["--flow-log", flow_log, "--workers", "1"],
+                            listen="127.0.0.1:%d" % port)
+            self.addCleanup(proxy.stop)
+            proxies.append(proxy)
+            logs.append(flow_log)
+        for proxy in proxies:
+            self.assertEqual(proxy.port, port)
+        # Plain requests to a closed port: each is answered 502 by whichever process got it.
+        closed = free_port()
+        for n in range(40):
+            result = curl("http://127.0.0.1:%d/shared/%d" % (closed, n),
+                          proxy="http://127.0.0.1:%d" % port)
+            self.assertEqual(result.status, 502, result.describe())
+
+        def counts():
+            return [len(read_flow_log(path)) if path.exists() else 0 for path in logs]
+        wait_until(lambda: sum(counts()) == 40, 10, "40 records over both flow logs")
+        self.assertTrue(all(count > 0 for count in counts()),
+                        "one process got every connection: %r" % counts())
