@@ -223,20 +223,7 @@ void apply_endpoints(Loader& loader, Config& config, const toml::node& node,
 }
 
 void apply_listen(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
-  std::vector<Endpoint> listen;
-  loader.each(node, what, [&](const toml::node& element, const std::string& where) {
-    auto text = loader.string(element, where);
-    if (!text) return;
-    auto endpoint = Endpoint::parse(*text);
-    if (!endpoint) {
-      loader.error(element, where, "bad address " + quote(*text) + " (expected ADDR:PORT)");
-    } else if (endpoint->port != 0 &&
-               std::find(listen.begin(), listen.end(), *endpoint) != listen.end()) {
-      loader.error(element, where, "duplicate listener " + quote(*text));
-    } else {
-      listen.push_back(*endpoint);
-    }
-  });
+  std::vector<Endpoint> listen = endpoint_list(loader, node, what);
   if (node.is_array() && node.as_array()->empty()) {
     loader.error(node, what, "needs at least one address");
   }
