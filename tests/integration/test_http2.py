@@ -9,6 +9,7 @@ Real clients (curl, nghttp, h2client.mjs) against h2origin.mjs on loopback, in t
 
 import hashlib
 import json
+import os
 import random
 import subprocess
 import sys
@@ -787,7 +788,10 @@ class SlowReaderTest(Http2Case):
         # curl stops at --max-time (28) after reading at its limited rate.
         self.assertEqual(client.returncode, 28, context)
         self.assertGreater(info.get("size_download", 0), MiB, context)
-        self.assertLess(growth, self.MAX_GROWTH, context)
+        # Under ASan the allocator's quarantine holds freed memory on purpose: RSS says
+        # nothing about our buffering there.
+        if os.environ.get("TOKGATE_SANITIZED") != "1":
+            self.assertLess(growth, self.MAX_GROWTH, context)
         return growth
 
     def test_client_gone_ends_server_stream(self):
