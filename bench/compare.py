@@ -10,7 +10,7 @@ handshake of it chained to the proxy CA alone and the leaf's issuer was that CA 
 trusts nothing else): interception is proven, not assumed.
 
     bench/compare.py [--tiny] [--proxies tokgate,mitmproxy,squid] [--tokgate BIN] [--loadgen BIN]
-                     [--duration S] [--json FILE] [--perf]
+                     [--duration S] [--json FILE] [--perf FILE] [--keep]
 
 Proxies whose program is missing are skipped with a note. Exit status: 0 when every run of every
 proxy was error-free and proven intercepted (Squid's lack of HTTP/2 is reported, not failed);
@@ -40,8 +40,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 HOST = "localhost"  # resolves to 127.0.0.1 from /etc/hosts for all three proxies
-PROXY_CPU = "0"
-CLIENT_CPU = "1"
+# The proxy alone on the first CPU this script may use, the client and nginx on the second.
+_CPUS = sorted(os.sched_getaffinity(0))
+PROXY_CPU = str(_CPUS[0])
+CLIENT_CPU = str(_CPUS[1]) if len(_CPUS) > 1 else None
 SKIP = 77
 STARTUP_TIMEOUT = 30.0
 
@@ -182,7 +184,9 @@ def tail(path, lines=20):
 
 
 def pinned(cpu, cmd):
-    return (["taskset", "-c", cpu] if shutil.which("taskset") else []) + [str(c) for c in cmd]
+    """cmd pinned to one CPU, when there are two to keep proxy and client apart."""
+    pin = CLIENT_CPU is not None and shutil.which("taskset") is not None
+    return (["taskset", "-c", cpu] if pin else []) + [str(c) for c in cmd]
 
 
 def stop(process, timeout=10.0):
@@ -622,11 +626,12 @@ def report(lab, proxies, results, machine):
     labels = {p.name: p.version() or p.label for p in proxies}
     out.append("## Results (%s)" % ("tiny" if lab.args.tiny else "full"))
     out.append("")
+    pinning = ("proxy pinned to CPU %s, load client and nginx to CPU %s" % (PROXY_CPU, CLIENT_CPU)
+               if CLIENT_CPU is not None else "one CPU: no pinning")
     out.append("%s; %g s per row (latency: %d × %g s at %g req/s, alternating with the same load "
-               "direct to nginx); %d idle connections; proxy pinned to CPU %s, load client and "
-               "nginx to CPU %s." % (machine["date"], plan.duration, plan.rate_rounds,
-                                     plan.rate_duration, plan.rate, plan.idle_connections,
-                                     PROXY_CPU, CLIENT_CPU))
+               "direct to nginx); %d idle connections; %s." % (
+                   machine["date"], plan.duration, plan.rate_rounds, plan.rate_duration,
+                   plan.rate, plan.idle_connections, pinning))
     out.append("Proxy CPU per unit = utime+stime of the proxy's process tree over the measured "
                "phase / units done. (N×) = N times tokgate's figure (latency: added p50).")
     out.append("")
@@ -756,11 +761,14 @@ def main():
         if not shutil.which(program):
             log("%s is missing: skipped" % program)
             return SKIP
+    if args.perf and not shutil.which("perf"):
+        log("perf is not installed (linux-perf): no profile")
+        args.perf = None
     if not Path(args.loadgen).is_file():
         log("no load client at %s: skipped" % args.loadgen)
         return SKIP
-    if os.cpu_count() < 2:
-        log("one CPU: proxy and client share it; CPU per unit is still measured")
+    if CLIENT_CPU is None:
+        log("one CPU: no pinning, proxy and client share it; CPU per unit is still measured")
     plan = make_plan(args)
     lab = Lab(args, plan)
     proxies = []

@@ -217,6 +217,7 @@ H2Connection::H2Connection(TlsStream& io, Role role, const Settings& settings,
 
 H2Connection::~H2Connection() {
   end("closed");
+  *self_ = nullptr;  // pipes that outlive us stop giving window back
   nghttp2_session_del(session_);
 }
 
@@ -230,8 +231,17 @@ void H2Connection::forget(H2Stream& stream, uint32_t error_code) {
       stream.body_in.abort();
     }
   }
-  // The pipes may outlive this connection (the exchange holds the stream): cut them loose.
-  stream.body_in.on_consumed = nullptr;
+  // Bytes of a closed stream still in its pipe are taken later (a small response is usually
+  // whole, and its stream closed, before the other leg reads it): the connection's window must
+  // get them back then, or a long-lived connection stalls once a window's worth has leaked.
+  // The pipe may outlive this connection (the exchange holds the stream): hence the weak link.
+  std::weak_ptr<H2Connection*> alive = self_;
+  stream.body_in.on_consumed = [alive](std::size_t n) {
+    auto self = alive.lock();
+    if (!self || *self == nullptr) return;
+    nghttp2_session_consume_connection((*self)->session_, n);
+    (*self)->notify_write();
+  };
   if (stream.body_out != nullptr) {
     stream.body_out->on_data = nullptr;
     stream.body_out = nullptr;

@@ -93,6 +93,8 @@ class H2Connection {
 
  private:
   friend struct H2Callbacks;
+  // Points at this connection until it is destroyed (see forget()).
+  std::shared_ptr<H2Connection*> self_ = std::make_shared<H2Connection*>(this);
 
   awaitable<void> reader();
   awaitable<void> writer();

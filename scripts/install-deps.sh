@@ -21,6 +21,8 @@ packages=(
   iproute2 nftables haproxy python3-yaml
   # the docker lab, validated without a Docker engine
   docker-compose shellcheck
+  # the benchmark's origin (bench/compare.py; mitmproxy and squid-openssl for the full comparison)
+  nginx-light
 )
 
 missing=()

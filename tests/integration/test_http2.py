@@ -371,6 +371,19 @@ class StreamsTest(Http2Case):
         sys.stderr.write("\n[h2] 100 streams (%.0f MiB down, %.0f MiB up) in %.1f s\n" % (
             sum(self.DOWNLOADS) / MiB, sum(self.UPLOADS) / MiB, elapsed))
 
+    def test_many_small_responses_outlast_the_connection_window(self):
+        # Small responses usually arrive whole, and their origin stream closes, before the
+        # client side takes the bytes: the connection window must still get them back, or one
+        # long-lived h2 connection stalls after 1 MiB (the benchmark found this).
+        count, size = 1500, 1024
+        specs = [{"path": "/bytes/%d/small-%d" % (size, n)} for n in range(count)]
+        run = self.run_plan(self.plan("both", specs), timeout=60)
+        context = run.describe()[-2000:] + self.proxy.context()
+        statuses = [response["status"] for response in run.responses]
+        self.assertEqual(statuses, [200] * count, context)
+        self.assertEqual({response["sha256"] for response in run.responses},
+                         {pattern_sha256(size)}, context)
+
     def test_curl_parallel_streams(self):
         # curl --parallel multiplexes its transfers on one h2 connection through the tunnel.
         origin = self.origins["both"]
