@@ -62,6 +62,8 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
+#include "web-ui/block_page.hpp"
+
 namespace {
 
 namespace asio = boost::asio;
@@ -323,36 +325,9 @@ struct Stats {
   }
 };
 
+// The project's JSON string escaper (web-ui/block_page.hpp), quoted.
 std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (const char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
+  return "\"" + tokgate::webui::json_escape(s) + "\"";
 }
 
 std::string json_number(double v) {
