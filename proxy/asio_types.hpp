@@ -5,12 +5,13 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/status.hpp>
 
 #include <string>
 #include <string_view>
+
+#include "proxy/tls_socket.hpp"
 
 namespace tokgate::proxy {
 
@@ -19,7 +20,8 @@ namespace beast = boost::beast;
 namespace http = boost::beast::http;
 using tcp = asio::ip::tcp;
 using error_code = boost::system::error_code;
-using TlsStream = asio::ssl::stream<tcp::socket>;
+// The data plane's TLS connection (proxy/tls_socket.hpp: no idle buffers, one send per write).
+using TlsStream = TlsSocket;
 
 template <class T = void>
 using awaitable = asio::awaitable<T>;

@@ -351,7 +351,6 @@ awaitable<void> ClientSession::flow() {
     co_await send_failure(client_socket_, 11);
     co_return;
   }
-  chunk_ = std::make_unique<char[]>(config_.limits.relay_buffer_bytes);
   if (kind_ == ListenerKind::transparent) {
     facts_.mode = "transparent";
     co_await serve_transparent();
@@ -359,6 +358,17 @@ awaitable<void> ClientSession::flow() {
     co_await serve_explicit();
   }
   if (client_socket_.is_open()) co_await linger(client_socket_);
+}
+
+std::span<char> ClientSession::relay_chunk() {
+  if (!chunk_) chunk_ = std::make_unique_for_overwrite<char[]>(config_.limits.relay_buffer_bytes);
+  return {chunk_.get(), config_.limits.relay_buffer_bytes};
+}
+
+template <class... Buffers>
+void ClientSession::release_idle_memory(Buffers&... buffers) {
+  chunk_.reset();
+  ((buffers.size() == 0 ? buffers.shrink_to_fit() : void()), ...);
 }
 
 // Bytes a first step read past what it needed belong to the HTTP parser.
@@ -593,6 +603,7 @@ awaitable<void> ClientSession::serve_explicit() {
   std::optional<tcp::socket> server;
   Target server_target;
   for (bool first = true;; first = false) {
+    if (!first) release_idle_memory(client_buffer, server_buffer);
     RequestParser parser;
     if (!co_await read_request_head(client_socket_, client_buffer, parser, first)) co_return;
     auto& request = parser.get();
@@ -887,8 +898,8 @@ awaitable<void> ClientSession::splice(tcp::socket& server, std::span<const uint8
     if (ec) co_return;
   }
   const std::size_t half = config_.limits.relay_buffer_bytes / 2;
-  std::span<char> up_buffer(chunk_.get(), half);
-  std::span<char> down_buffer(chunk_.get() + half, half);
+  std::span<char> up_buffer = relay_chunk().first(half);
+  std::span<char> down_buffer = relay_chunk().subspan(half, half);
   co_await (pump(client_socket_, server, up_buffer, up, deadline_, config_.timeouts.idle) &&
             pump(server, client_socket_, down_buffer, down, deadline_, config_.timeouts.idle));
   log::info("tunnel-closed").kv("conn", id_).kv("bytes_up", up).kv("bytes_down", down);
@@ -1091,6 +1102,7 @@ awaitable<void> ClientSession::serve_intercepted(ClientStream& client, ServerStr
   take_preread(client_buffer);
   beast::flat_buffer server_buffer(config_.limits.response_header_bytes + 16 * 1024);
   for (bool first = true;; first = false) {
+    if (!first) release_idle_memory(client_buffer, server_buffer);
     RequestParser parser;
     if (!co_await read_request_head(client, client_buffer, parser, first)) co_return;
     auto& request = parser.get();
@@ -1171,7 +1183,7 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
                                           client_bytes.size());
   std::span<const uint8_t> server_pending(static_cast<const uint8_t*>(server_bytes.data()),
                                           server_bytes.size());
-  std::span<char> buffer(chunk_.get(), config_.limits.relay_buffer_bytes);
+  std::span<char> buffer = relay_chunk();
   deadline_.set(config_.timeouts.idle, "websocket-idle");
   idle_ = false;
   WebSocketRelayResult result =
@@ -1283,7 +1295,7 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
     }
   }
 
-  std::span<char> chunk(chunk_.get(), config_.limits.relay_buffer_bytes);
+  std::span<char> chunk = relay_chunk();
   std::optional<ResponseParser> response_parser;
 
   auto send_request_body = [&]() -> awaitable<BodyResult> {

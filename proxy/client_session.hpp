@@ -207,7 +207,12 @@ class ClientSession {
   H2Connection* client_h2_ = nullptr;     // set while the client speaks HTTP/2 (for drain)
   tcp::socket* client_lowest_ = nullptr;  // whatever layer currently owns the client socket
   tcp::socket* server_lowest_ = nullptr;
-  std::unique_ptr<char[]> chunk_;  // relay buffer, one per connection
+  // The relay buffer: allocated when a body or tunnel needs it, freed while the connection
+  // waits for its next request (an idle connection should cost next to nothing).
+  std::span<char> relay_chunk();
+  template <class... Buffers>
+  void release_idle_memory(Buffers&... buffers);
+  std::unique_ptr<char[]> chunk_;
   std::list<ClientSession*>::iterator registry_entry_;
 };
 

@@ -533,7 +533,7 @@ awaitable<void> ClientSession::respond_h2(MuxState& mux, H2Stream& stream,
 awaitable<void> ClientSession::serve_h1_via_h2(MuxState& mux, TlsStream& client) {
   auto executor = client.get_executor();
   beast::flat_buffer client_buffer(config_.limits.request_header_bytes + 16 * 1024);
-  std::span<char> chunk(chunk_.get(), config_.limits.relay_buffer_bytes);
+  std::span<char> chunk = relay_chunk();
   for (bool first = true;; first = false) {
     RequestParser parser;
     if (!co_await read_request_head(client, client_buffer, parser, first)) co_return;
