@@ -21,6 +21,13 @@ constexpr const char* kServerSideCiphers12 =
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384";
+// TLS 1.3 suites on both sides, set here so that an openssl.cnf cannot add CCM_8 (a 64-bit tag).
+constexpr const char* kCiphersuites13 =
+    "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256";
+// OpenSSL security level 2 at least: RSA and DH keys of 2048 bits or more, ECC of 224 or more,
+// no SHA-1 signatures. Debian's build defaults to 2, OpenSSL's own to 1, and the system
+// openssl.cnf (or OPENSSL_CONF) can lower it for every program; a stricter level there is kept.
+constexpr int kMinSecurityLevel = 2;
 
 std::string openssl_error_text() {
   unsigned long code = ERR_get_error();
@@ -58,6 +65,19 @@ void check(int ok, std::string_view what) {
   if (ok != 1) throw std::runtime_error(std::string(what) + ": " + openssl_error_text());
 }
 
+// TLS 1.2-1.3, the given TLS 1.2 suites, our TLS 1.3 suites and the security floor, replacing
+// whatever the openssl.cnf applied by SSL_CTX_new said about them.
+void apply_protocol_floor(SSL_CTX* context, const char* ciphers12, std::string_view side) {
+  const std::string name(side);
+  check(SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION), name + " TLS version");
+  check(SSL_CTX_set_max_proto_version(context, 0), name + " TLS version");  // 0: up to TLS 1.3
+  check(SSL_CTX_set_cipher_list(context, ciphers12), name + " ciphers");
+  check(SSL_CTX_set_ciphersuites(context, kCiphersuites13), name + " TLS 1.3 ciphersuites");
+  if (SSL_CTX_get_security_level(context) < kMinSecurityLevel) {
+    SSL_CTX_set_security_level(context, kMinSecurityLevel);
+  }
+}
+
 }  // namespace
 
 namespace {
@@ -84,16 +104,14 @@ TlsContexts::TlsContexts(const Config& config, KeyLog* keylog)
   attach_keylog(client_side_.native_handle(), keylog);
   attach_keylog(server_side_.native_handle(), keylog);
   SSL_CTX* cs = client_side_.native_handle();
-  check(SSL_CTX_set_min_proto_version(cs, TLS1_2_VERSION), "client side TLS version");
-  check(SSL_CTX_set_cipher_list(cs, kClientSideCiphers12), "client side ciphers");
+  apply_protocol_floor(cs, kClientSideCiphers12, "client side");
   SSL_CTX_set_options(cs, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                               SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
   SSL_CTX_set_mode(cs, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_alpn_select_cb(cs, select_alpn, nullptr);
 
   SSL_CTX* ss = server_side_.native_handle();
-  check(SSL_CTX_set_min_proto_version(ss, TLS1_2_VERSION), "server side TLS version");
-  check(SSL_CTX_set_cipher_list(ss, kServerSideCiphers12), "server side ciphers");
+  apply_protocol_floor(ss, kServerSideCiphers12, "server side");
   SSL_CTX_set_options(
       ss, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
   SSL_CTX_set_mode(ss, SSL_MODE_RELEASE_BUFFERS);

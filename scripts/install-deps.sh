@@ -23,6 +23,8 @@ packages=(
   docker-compose shellcheck
   # the benchmark's origin (bench/compare.py; mitmproxy and squid-openssl for the full comparison)
   nginx-light
+  # hardening: a TLS scanner against the intercepting side, slowloris / slow-read attacks
+  testssl.sh slowhttptest
 )
 
 missing=()
