@@ -323,6 +323,13 @@ std::expected<void, std::string> open_evidence(Runtime& runtime) {
     options.capture_dir = capture_dir;
     options.capture_body_bytes = config.capture_body_bytes;
     options.redact_headers = config.redact_headers;
+    options.on_write_error = [path = config.flow_log.string()](const std::string& reason,
+                                                               uint64_t dropped) {
+      log::warn("flow-log-write-failed")
+          .kv("path", path)
+          .kv("reason", reason)
+          .kv("records_dropped", dropped);
+    };
     auto sink = FlowSink::open(std::move(options));
     if (!sink) return std::unexpected(sink.error());
     runtime.flows = std::move(*sink);

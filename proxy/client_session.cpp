@@ -535,6 +535,7 @@ awaitable<ClientSession::PolicyOutcome> ClientSession::apply_request_policy(Clie
                             std::to_string(id_) + "." + std::to_string(facts_.requests + 1));
   pending_started_ = std::chrono::steady_clock::now();
   pending_first_byte_ms_.reset();
+  pending_bytes_up_ = 0;
   const policy::Classification& classification = judgement.classification;
   const policy::RequestDecision& decision = judgement.decision;
   struct {
@@ -1233,7 +1234,9 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   std::string path(request.target());
   if (auto q = path.find('?'); q != std::string::npos) path.resize(q);  // queries stay out of logs
 
-  uint64_t request_bytes = 0;
+  // A member, so that a request that fails half-way is still recorded with what went up.
+  uint64_t& request_bytes = pending_bytes_up_;
+  request_bytes = 0;
   uint64_t response_bytes = 0;
   // Action capture: the exchange as the client saw it, for a HAR file.
   std::shared_ptr<HarExchange> har;
@@ -1302,6 +1305,12 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
     auto result = co_await relay_body(
         client, client_buffer, request_parser, server, request_serializer, chunk, deadline_,
         config_.timeouts.io_stall, request_bytes, har ? &request_capture : nullptr);
+    if (result.outcome == BodyOutcome::read_failed) {
+      // The client is gone: stop waiting for the answer nobody will read (the response head
+      // read running alongside), and let the origin see the connection end now.
+      error_code ignored;
+      beast::get_lowest_layer(server).cancel(ignored);
+    }
     deadline_.set(config_.timeouts.response_header, "response-header");
     co_return result;
   };

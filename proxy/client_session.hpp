@@ -199,6 +199,7 @@ class ClientSession {
   std::optional<FlowRecord> pending_;  // the HTTP/1.1 request being relayed
   std::chrono::steady_clock::time_point pending_started_{};
   std::optional<double> pending_first_byte_ms_;
+  uint64_t pending_bytes_up_ = 0;  // request body bytes sent so far for pending_
   Deadline deadline_;
   Failure failure_;  // the error response being sent (see send_failure)
   bool idle_ = true;

@@ -152,7 +152,8 @@ void ClientSession::finish_pending(std::optional<unsigned> status, uint64_t byte
   FlowRecord record = std::move(*pending_);
   pending_.reset();
   record.status = status;
-  record.bytes_up = bytes_up;
+  record.bytes_up = std::max(bytes_up, pending_bytes_up_);
+  pending_bytes_up_ = 0;
   record.bytes_down = bytes_down;
   record.first_byte_ms = pending_first_byte_ms_;
   record.total_ms = ms_since(pending_started_);

@@ -410,6 +410,9 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
   if (response.failure) {
     error = response.failure->code;
     reason = response.failure->reason;
+  } else if (response.body_failure) {
+    error = response.body_failure->code;
+    reason = response.body_failure->reason;
   } else if (stream.error_code != 0 && !body_complete) {
     error = "stream-reset";
     reason = "HTTP/2 error code " + std::to_string(stream.error_code);

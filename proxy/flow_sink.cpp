@@ -1,6 +1,7 @@
 #include "proxy/flow_sink.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -108,16 +109,44 @@ bool FlowSink::reopen_file() {
   return true;
 }
 
-void FlowSink::write_all(std::string_view bytes) {
-  while (!bytes.empty()) {
-    const ssize_t n = ::write(fd_, bytes.data(), bytes.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
+bool FlowSink::write_all(std::string_view bytes) {
+  struct stat info {};
+  const bool regular = ::fstat(fd_, &info) == 0 && S_ISREG(info.st_mode);
+  const off_t start = regular ? ::lseek(fd_, 0, SEEK_END) : -1;
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd_, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int error = n < 0 ? errno : ENOSPC;
       write_errors_.fetch_add(1, std::memory_order_relaxed);
-      return;
+      if (done > 0) {
+        if (start >= 0) {
+          if (::ftruncate(fd_, start) != 0) {
+            (void)::write(fd_, "\n", 1);  // at least end the broken line
+          }
+        } else {
+          (void)::write(fd_, "\n", 1);
+        }
+      }
+      last_write_errno_ = error;
+      return false;
     }
-    bytes.remove_prefix(static_cast<std::size_t>(n));
+    done += static_cast<std::size_t>(n);
   }
+  return true;
+}
+
+void FlowSink::report_write_error(int error, std::size_t records) {
+  dropped_since_report_ += records;
+  const auto now = std::chrono::steady_clock::now();
+  if (!options_.on_write_error || (last_error_report_ != std::chrono::steady_clock::time_point{} &&
+                                   now - last_error_report_ < std::chrono::seconds(10))) {
+    return;
+  }
+  last_error_report_ = now;
+  options_.on_write_error(std::strerror(error), dropped_since_report_);
+  dropped_since_report_ = 0;
 }
 
 // One HAR file per captured exchange, named so that a directory listing sorts by time:
@@ -193,9 +222,7 @@ void FlowSink::run() {
         text.push_back('\n');
       }
       if (fd_ >= 0) {
-        const uint64_t errors_before = write_errors();
-        write_all(text);
-        if (write_errors() == errors_before) {
+        if (write_all(text)) {
           written_.fetch_add(batch.size(), std::memory_order_relaxed);
           if (options_.metrics != nullptr) options_.metrics->flow_log_records(batch.size());
         } else {
@@ -204,6 +231,7 @@ void FlowSink::run() {
             options_.metrics->flow_log_write_errors(1);
             options_.metrics->flow_log_dropped(batch.size());
           }
+          report_write_error(last_write_errno_, batch.size());
         }
       }
       batch.clear();

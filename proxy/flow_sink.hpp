@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <expected>
 #include <filesystem>
@@ -34,6 +35,9 @@ class FlowSink {
     std::filesystem::path capture_dir;
     std::size_t capture_body_bytes = 1024 * 1024;  // decoded body shown, per message
     std::vector<std::string> redact_headers;
+    // Told (on the writer thread, at most every 10 s) when the file cannot be written: a full
+    // disk must show in the log, not only in a counter.
+    std::function<void(const std::string& reason, uint64_t records_dropped)> on_write_error;
   };
   // Called on the writer thread for every record, written or not (the UI's live feed, metrics
   // that need the whole record). Must not block.
@@ -73,7 +77,10 @@ class FlowSink {
   void wake();
   void run();
   bool reopen_file();
-  void write_all(std::string_view bytes);
+  // Writes a batch whole or not at all: a failed batch is cut back off a regular file, so a
+  // full disk never leaves half a line for the next record to be glued to.
+  bool write_all(std::string_view bytes);
+  void report_write_error(int error, std::size_t records);
   void write_capture(FlowRecord& record);
 
   Options options_;
@@ -90,6 +97,9 @@ class FlowSink {
   std::atomic<uint64_t> dropped_{0};
   std::atomic<uint64_t> write_errors_{0};
   std::atomic<uint64_t> captures_written_{0};
+  std::chrono::steady_clock::time_point last_error_report_{};
+  uint64_t dropped_since_report_ = 0;
+  int last_write_errno_ = 0;
   std::thread thread_;
 };
 

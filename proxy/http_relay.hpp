@@ -53,6 +53,17 @@ struct BodyCapture {
   }
 };
 
+// Whether more input is most likely waiting on `stream` right now: a body read then goes on
+// filling the chunk (fewer, larger writes in bulk) instead of forwarding at once (which it does
+// as soon as the input pauses, so a trickle is never held back).
+inline bool input_waiting(TlsSocket& stream) {
+  return !stream.read_would_block();
+}
+template <class Stream>
+bool input_waiting(Stream&) {
+  return false;
+}
+
 template <bool isRequest, class InStream, class OutStream>
 awaitable<BodyResult> relay_body(InStream& in, beast::flat_buffer& in_buffer,
                                  http::parser<isRequest, http::buffer_body>& parser, OutStream& out,
@@ -63,16 +74,34 @@ awaitable<BodyResult> relay_body(InStream& in, beast::flat_buffer& in_buffer,
   auto& body = parser.get().body();
   while (!serializer.is_done()) {
     deadline.set(stall, isRequest ? "request-body" : "response-body");
+    error_code read_error;
     if (!parser.is_done()) {
       body.data = chunk.data();
       body.size = chunk.size();
-      auto [ec, n] = co_await http::async_read(in, in_buffer, parser, use_nothrow);
-      if (ec && ec != http::error::need_buffer) co_return BodyResult{BodyOutcome::read_failed, ec};
+      do {
+        auto [ec, n] = co_await http::async_read_some(in, in_buffer, parser, use_nothrow);
+        if (ec == http::error::need_buffer) break;  // the chunk is full
+        if (ec) {
+          read_error = ec;
+          break;
+        }
+      } while (!parser.is_done() && body.size > 0 && (in_buffer.size() > 0 || input_waiting(in)));
       body.size = chunk.size() - body.size;
+      // A read may parse framing (a chunk header) and no body byte: nothing to write then; an
+      // empty piece would even end a chunked body early ("0\r\n\r\n").
+      if (body.size == 0 && !parser.is_done() && !read_error) continue;
       body.data = chunk.data();
       body.more = !parser.is_done();
       bytes += body.size;
       if (capture != nullptr) capture->add(chunk.data(), body.size);
+      if (read_error) {
+        // What arrived before the failure still reaches the other side.
+        if (body.size > 0) {
+          body.more = true;
+          co_await http::async_write(out, serializer, use_nothrow);
+        }
+        co_return BodyResult{BodyOutcome::read_failed, read_error};
+      }
     } else {
       body.data = nullptr;
       body.size = 0;

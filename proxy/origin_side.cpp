@@ -353,14 +353,28 @@ awaitable<void> forward_over_h1(OriginConnection& connection, OriginRequest& req
     if (!co_await response.body->wait_space()) co_return;
     body.data = chunk.data();
     body.size = chunk.size();
-    auto [ec, n] = co_await http::async_read(stream, connection.buffer, *parser, use_nothrow);
-    if (ec && ec != http::error::need_buffer) {
-      response.body->abort();
-      co_return;
-    }
+    // Forwarded as soon as the origin pauses (see relay_body); read on while more is waiting.
+    error_code read_error;
+    do {
+      auto [ec, n] =
+          co_await http::async_read_some(stream, connection.buffer, *parser, use_nothrow);
+      if (ec == http::error::need_buffer) break;
+      if (ec) {
+        read_error = ec;
+        break;
+      }
+    } while (!parser->is_done() && body.size > 0 &&
+             (connection.buffer.size() > 0 || input_waiting(stream)));
     const std::size_t got = chunk.size() - body.size;
     received += got;
     response.body->push({reinterpret_cast<const uint8_t*>(chunk.data()), got});
+    if (read_error) {
+      response.body_failure =
+          Failure{http::status::bad_gateway, "server-body-failed",
+                  deadline.expired() ? std::string("stalled") : read_error.message()};
+      response.body->abort();
+      co_return;
+    }
   }
   // Chunked trailers land after the head's fields.
   HeaderList trailers;

@@ -51,6 +51,7 @@ struct OriginResponse {
   bool head_ready = false;
   std::chrono::steady_clock::time_point head_at{};  // when head_ready was set (first byte)
   std::optional<Failure> failure;                   // no response head will come
+  std::optional<Failure> body_failure;              // the body stopped part-way (and why)
   BodyPipe* body = &own_body;
   BodyPipe own_body;
   Signal ready;
