@@ -79,7 +79,8 @@ bool FlowSink::submit(std::size_t lane_index, FlowRecord record) {
     }
     lane.pending.push_back(std::move(record));
   }
-  wake();
+  // Only a sleeping writer needs a wake-up (a system call); a busy one comes back for more.
+  if (sleeping_.load(std::memory_order_seq_cst) && sleeping_.exchange(false)) wake();
   return true;
 }
 
@@ -236,11 +237,29 @@ void FlowSink::run() {
       }
       batch.clear();
     }
-    if (!any) {
-      if (stopping_.load(std::memory_order_relaxed)) return;
-      signal_.wait(seen, std::memory_order_acquire);
+    if (any) {
+      // Let records gather for a moment: one pass then serves many requests, and the workers
+      // need not wake this thread for each one.
+      std::this_thread::sleep_for(kBatchPause);
+      continue;
     }
+    if (stopping_.load(std::memory_order_relaxed)) return;
+    sleeping_.store(true, std::memory_order_seq_cst);
+    if (has_pending()) {
+      sleeping_.store(false, std::memory_order_relaxed);
+      continue;
+    }
+    signal_.wait(seen, std::memory_order_acquire);
+    sleeping_.store(false, std::memory_order_relaxed);
   }
+}
+
+bool FlowSink::has_pending() {
+  for (auto& lane : lanes_) {
+    std::lock_guard lock(lane->mutex);
+    if (!lane->pending.empty()) return true;
+  }
+  return false;
 }
 
 }  // namespace tokgate::proxy

@@ -74,8 +74,11 @@ class FlowSink {
   };
 
   explicit FlowSink(Options options);
+  // How long the writer lets records gather after a busy pass.
+  static constexpr std::chrono::microseconds kBatchPause{1000};
   void wake();
   void run();
+  bool has_pending();
   bool reopen_file();
   // Writes a batch whole or not at all: a failed batch is cut back off a regular file, so a
   // full disk never leaves half a line for the next record to be glued to.
@@ -93,6 +96,7 @@ class FlowSink {
   std::atomic<uint32_t> signal_{0};
   std::atomic<bool> stopping_{false};
   std::atomic<bool> reopen_{false};
+  std::atomic<bool> sleeping_{false};  // the writer waits for a wake-up (see submit)
   std::atomic<uint64_t> written_{0};
   std::atomic<uint64_t> dropped_{0};
   std::atomic<uint64_t> write_errors_{0};

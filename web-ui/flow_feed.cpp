@@ -57,22 +57,23 @@ void FlowFeed::tick(std::chrono::steady_clock::time_point now) {
   rate_second_ = second;
 }
 
+const std::string& FlowFeed::Entry::rendered() const {
+  if (json.empty()) {
+    json = proxy::to_json_line(record);
+    // {"seq":N,...the record...}
+    json.insert(1, "\"seq\":" + std::to_string(seq) + ",");
+  }
+  return json;
+}
+
 void FlowFeed::add(const proxy::FlowRecord& record) {
-  const std::string line = proxy::to_json_line(record);
   Entry entry;
-  entry.json = line;
-  entry.category = record.category;
-  entry.action = record.action;
-  entry.host = record.host;
-  entry.client = record.client_ip;
-  entry.capture = record.capture;
-  entry.status = record.status.value_or(0);
+  entry.record = record;
+  entry.record.har.reset();
   const uint64_t bytes = record.bytes_up.value_or(0) + record.bytes_down.value_or(0);
 
   std::lock_guard lock(mutex_);
   entry.seq = ++seq_;
-  // {"seq":N,...the record...}
-  entry.json.insert(1, "\"seq\":" + std::to_string(entry.seq) + ",");
   ring_.push_back(std::move(entry));
   while (ring_.size() > capacity_) ring_.pop_front();
 
@@ -111,13 +112,14 @@ std::string FlowFeed::flows_json(const FlowFilter& filter) const {
   std::size_t shown = 0;
   for (auto it = ring_.rbegin(); it != ring_.rend() && shown < limit; ++it) {
     if (it->seq <= filter.after) break;
-    if (!filter.category.empty() && it->category != filter.category) continue;
-    if (!filter.action.empty() && it->action != filter.action) continue;
-    if (!filter.host.empty() && it->host.find(filter.host) == std::string::npos) continue;
-    if (!filter.client.empty() && it->client != filter.client) continue;
-    if (!status_matches(filter.status, it->status)) continue;
+    const proxy::FlowRecord& record = it->record;
+    if (!filter.category.empty() && record.category != filter.category) continue;
+    if (!filter.action.empty() && record.action != filter.action) continue;
+    if (!filter.host.empty() && record.host.find(filter.host) == std::string::npos) continue;
+    if (!filter.client.empty() && record.client_ip != filter.client) continue;
+    if (!status_matches(filter.status, record.status.value_or(0))) continue;
     if (shown++ > 0) out.push_back(',');
-    out += it->json;
+    out += it->rendered();
   }
   out += "],\"last\":" + std::to_string(seq_) + "}";
   return out;
@@ -127,8 +129,8 @@ std::optional<std::string> FlowFeed::flow_json(uint64_t seq, std::string* har_pa
   std::lock_guard lock(mutex_);
   if (ring_.empty() || seq < ring_.front().seq || seq > ring_.back().seq) return std::nullopt;
   const Entry& entry = ring_[seq - ring_.front().seq];
-  if (har_path != nullptr) *har_path = entry.capture;
-  return entry.json;
+  if (har_path != nullptr) *har_path = entry.record.capture;
+  return entry.rendered();
 }
 
 uint64_t FlowFeed::last_seq() const {
@@ -144,7 +146,7 @@ std::vector<std::string> FlowFeed::flows_after(uint64_t seq, std::size_t limit,
   for (const auto& entry : ring_) {
     if (entry.seq <= seq) continue;
     if (out.size() >= limit) break;
-    out.push_back(entry.json);
+    out.push_back(entry.rendered());
     *last = entry.seq;
   }
   return out;

@@ -49,11 +49,12 @@ class FlowFeed {
   std::vector<std::string> flows_after(uint64_t seq, std::size_t limit, uint64_t* last) const;
 
  private:
+  // The record is kept and rendered as JSON only when someone asks (most are never shown).
   struct Entry {
     uint64_t seq = 0;
-    std::string json;  // the flow-log object with "seq" added
-    std::string category, action, host, client, capture;
-    unsigned status = 0;
+    proxy::FlowRecord record;  // without its HAR exchange (the capture file has it)
+    mutable std::string json;  // the flow-log object with "seq" added, once rendered
+    const std::string& rendered() const;
   };
   struct Tally {
     uint64_t flows = 0;
