@@ -103,7 +103,7 @@ def log(message):
 class Row:
     key: str
     title: str
-    goal: float          # tokgate's goal, in the row's unit
+    goal: float | None   # tokgate's goal, in the row's unit (None: the issue sets no figure)
     unit: str
     mitmproxy_ref: str   # the issue's reference figures (another machine)
     squid_ref: str
@@ -118,6 +118,10 @@ ROWS = [
     Row("idle", "memory per idle intercepted connection", 32.0, "KiB", "126 KiB", "182 KiB"),
     Row("latency", "latency added at 300 req/s, p50 / p99", 0.1, "ms", "+1.5 / +1.9 ms",
         "+0.24 / +0.32 ms"),
+    # Traffic the policy does not target is spliced (TLS passed through untouched): it should
+    # cost next to nothing. Each proxy is restarted told to splice everything for these rows.
+    Row("splice_conn", "spliced connection + one small request", None, "ms", "", ""),
+    Row("splice_bulk", "1 MiB relayed on a spliced connection", None, "ms", "", ""),
 ]
 LATENCY_P99_GOAL = 0.3
 
@@ -285,9 +289,10 @@ class Proxy:
     label = ""
     program = ""
 
-    def __init__(self, lab):
+    def __init__(self, lab, splice=False):
         self.lab = lab
-        self.dir = lab.dir / self.name
+        self.splice = splice  # pass TLS through untouched instead of intercepting it
+        self.dir = lab.dir / (self.name + ("-splice" if splice else ""))
         self.dir.mkdir()
         self.port = None
         self.process = None
@@ -336,9 +341,11 @@ class Tokgate(Proxy):
         self.port = None
         with open(self.log_file, "wb") as out:
             self.process = popen(
+                # Without --intercept, localhost is not a target: the policy splices it.
                 pinned(PROXY_CPU, [self.lab.args.tokgate, "run", "--listen", "127.0.0.1:0",
                                    "--admin", "127.0.0.1:0", "--ca-dir", self.lab.ca_dir,
-                                   "--intercept", "*", "--upstream-ca", self.lab.origin_ca,
+                                   *([] if self.splice else ["--intercept", "*"]),
+                                   "--upstream-ca", self.lab.origin_ca,
                                    "--resolve", "*:*:127.0.0.1", "--connect-ports", "1-65535",
                                    "--workers", "1", "--profile", "observe"]),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -379,7 +386,8 @@ class Mitmproxy(Proxy):
         return ["mitmdump", "--listen-host", "127.0.0.1", "--listen-port", self.port,
                 "--set", "confdir=%s" % (self.dir / "conf"),
                 "--set", "ssl_verify_upstream_trusted_ca=%s" % self.lab.origin_ca,
-                "--set", "termlog_verbosity=warn", "--set", "flow_detail=0"]
+                "--set", "termlog_verbosity=warn", "--set", "flow_detail=0",
+                *(["--ignore-hosts", ".*"] if self.splice else [])]
 
 
 class Squid(Proxy):
@@ -422,7 +430,8 @@ class Squid(Proxy):
         self.port = free_port()
         self.conf = fill("squid.conf.in", self.dir / "squid.conf", PORT=self.port, DIR=self.dir,
                          CA_CERT=ca_cert, CA_KEY=ca_key, CERTGEN=self.certgen(),
-                         ORIGIN_CA=self.lab.origin_ca, USER=user)
+                         ORIGIN_CA=self.lab.origin_ca, USER=user,
+                         BUMP="splice" if self.splice else "bump")
 
     def command(self):
         # -N: no daemon and no kid processes; the helpers are its children (and counted).
@@ -448,7 +457,10 @@ def loadgen(lab, mode, *, proxy=None, pid=None, path="/small", connections=1, du
     if proxy is None:
         cmd += ["--direct", "--cacert", lab.origin_ca]
     else:
-        cmd += ["--proxy", "127.0.0.1:%d" % proxy.port, "--cacert", lab.ca_cert]
+        # A spliced connection shows the origin's own certificate: the proof is then that its
+        # issuer is the origin CA.
+        cmd += ["--proxy", "127.0.0.1:%d" % proxy.port,
+                "--cacert", lab.origin_ca if proxy.splice else lab.ca_cert]
     if pid:
         cmd += ["--watch-pid", pid]
     perf_process = None
@@ -504,6 +516,16 @@ def run_proxy(lab, proxy, perf_file=None):
     results["latency_direct"] = merge_runs(direct)
     results["latency"] = merge_runs(proxied)
     return results
+
+
+def run_spliced(lab, proxy):
+    pid = proxy.process.pid
+    plan = lab.plan
+    loadgen(lab, "conn", proxy=proxy, pid=pid, connections=1, duration=0.2, extra=["--warmup", 2])
+    return {"splice_conn": loadgen(lab, "conn", proxy=proxy, pid=pid,
+                                   connections=plan.conn_connections),
+            "splice_bulk": loadgen(lab, "keepalive", proxy=proxy, pid=pid, path="/1m",
+                                   connections=plan.bulk_connections)}
 
 
 def percentile(sorted_values, q):
@@ -604,6 +626,8 @@ def ratio(key, value, base):
 
 
 def goal_text(row):
+    if row.goal is None:
+        return "next to nothing (no figure set)"
     if row.key == "latency":
         return "≤ +%.1f / +%.1f ms" % (row.goal, LATENCY_P99_GOAL)
     if row.key == "idle":
@@ -612,7 +636,7 @@ def goal_text(row):
 
 
 def goal_met(row, value):
-    if value is None:
+    if value is None or row.goal is None:
         return None
     if row.key == "latency":
         return value[0] <= row.goal and value[1] <= LATENCY_P99_GOAL
@@ -661,15 +685,16 @@ def report(lab, proxies, results, machine):
             cells.append(fmt(row.key, value) + ("" if name == base_name else
                                                  ratio(row.key, value, base)))
         goal = goal_text(row)
-        if base_name and base is not None and run_ok(row.key, results[base_name][row.key]):
-            goal += " — met" if goal_met(row, base) else " — **missed**"
+        met = goal_met(row, base)
+        if base_name and met is not None and run_ok(row.key, results[base_name][row.key]):
+            goal += " — met" if met else " — **missed**"
         title = row.title.replace("300 req/s", "%g req/s" % plan.rate)
         out.append("| %s | %s | %s |" % (title, " | ".join(cells), goal))
     out.append("")
     out.append("Throughput, errors and proof of interception, per run:")
     out.append("")
     out.append("| proxy | row | units/s | units | proxy CPU ms | p50 / p99 ms | errors "
-               "| handshakes (issuer = proxy CA) |")
+               "| handshakes (issuer = proxy CA; splice rows: origin CA) |")
     out.append("|---|---|---|---|---|---|---|---|")
     for name in names:
         for key in [row.key for row in ROWS] + ["latency_direct"]:
@@ -802,6 +827,15 @@ def main():
                 status = 1
             finally:
                 proxy.stop()
+            spliced = PROXIES[proxy.name](lab, splice=True)
+            try:
+                spliced.start()
+                results.setdefault(proxy.name, {}).update(run_spliced(lab, spliced))
+            except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                log("%s (splice): %s" % (proxy.name, e))
+                status = 1
+            finally:
+                spliced.stop()
             for key, result in results.get(proxy.name, {}).items():
                 if not run_ok(key, result):
                     log("%s %s: not counted: %s%s" % (
