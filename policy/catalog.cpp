@@ -130,7 +130,8 @@ class Compiler {
       root = toml::parse(source.text, source.name);
     } catch (const toml::parse_error& e) {
       // Loading is not the data plane: toml++ reports syntax errors by exception.
-      error(index, e.source(), std::string(e.description()));
+      // It may quote the hostile bytes (control characters, DEL): escaped, on one line.
+      error(index, e.source(), escape(e.description(), false));
       return;
     }
     for (auto&& [key, node] : root) {

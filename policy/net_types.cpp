@@ -110,13 +110,23 @@ std::optional<Cidr> Cidr::parse(std::string_view text) {
 }
 
 bool Cidr::contains(const IpAddress& raw) const {
+  // An IPv4 client may come as a.b.c.d or as ::ffff:a.b.c.d (dual-stack sockets); blocks may be
+  // written either way too. A v4 block is matched against the unmapped address; a v6 block
+  // against the v6 form, v4 addresses mapped (so "::ffff:10.0.0.0/104" and "::/0" both contain
+  // 10.0.0.1).
   IpAddress address = raw.unmapped();
-  if (address.family() != network_.family()) return false;
+  const IpAddress& network = network_;
+  const unsigned prefix = prefix_;
+  if (network.is_v4() != address.is_v4()) {
+    if (network.is_v4()) return false;
+    const auto& v4 = address.bytes();
+    address = IpAddress::v6({0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]});
+  }
   const auto& a = address.bytes();
-  const auto& n = network_.bytes();
-  unsigned full = prefix_ / 8;
+  const auto& n = network.bytes();
+  unsigned full = prefix / 8;
   if (std::memcmp(a.data(), n.data(), full) != 0) return false;
-  unsigned rest = prefix_ % 8;
+  unsigned rest = prefix % 8;
   if (rest == 0) return true;
   uint8_t mask = static_cast<uint8_t>(0xff << (8 - rest));
   return (a[full] & mask) == (n[full] & mask);

@@ -865,11 +865,8 @@ std::expected<std::shared_ptr<const Policy>, std::string> Policy::parse(
     root = toml::parse(toml_text, source_name);
   } catch (const toml::parse_error& e) {
     // Loading a policy is not the data plane: toml++ reports syntax errors by exception.
-    std::string description(e.description());
-    std::replace_if(
-        description.begin(), description.end(),
-        [](char c) { return static_cast<unsigned char>(c) < 0x20; }, ' ');
-    loader.error(e.source(), std::move(description));
+    // It may quote the hostile bytes (control characters, DEL): escaped, on one line.
+    loader.error(e.source(), escape(e.description(), false));
     return std::unexpected(loader.report());
   }
   auto data = std::make_unique<PolicyData>();

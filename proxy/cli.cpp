@@ -1,16 +1,23 @@
 #include "proxy/cli.hpp"
 
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <charconv>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "certs/certificate_authority.hpp"
 #include "policy/host_pattern.hpp"
@@ -74,6 +81,8 @@ constexpr std::string_view kRunHelp = R"(Usage: tokgate run [options]
   --policy FILE            a policy file of your own (see docs/policy.md)
   --catalog-dir DIR        catalog files overriding or extending the embedded catalog
   --log-level LEVEL        debug | info | warn | error (default info)
+  --user NAME              after binding the listeners and opening its files as root, switch
+                           to this user and its groups (like [proxy] user)
 
 Evidence (docs/flow-log.md):
   --flow-log FILE|-        one JSON line per request and per unbumped connection
@@ -265,6 +274,106 @@ int run_ca(std::span<const std::string_view> args) {
   return kOk;
 }
 
+// The account named by [proxy] user / --user.
+struct TargetUser {
+  std::string name;
+  uid_t uid = 0;
+  gid_t gid = 0;  // its primary group
+  std::string home;
+};
+
+std::expected<TargetUser, std::string> look_up_user(const std::string& name) {
+  long size = ::sysconf(_SC_GETPW_R_SIZE_MAX);
+  std::vector<char> buffer(size > 0 ? static_cast<std::size_t>(size) : 16384);
+  passwd entry{};
+  passwd* found = nullptr;
+  int error = 0;
+  while ((error = ::getpwnam_r(name.c_str(), &entry, buffer.data(), buffer.size(), &found)) ==
+             ERANGE &&
+         buffer.size() < (1u << 20)) {
+    buffer.resize(buffer.size() * 2);
+  }
+  if (found == nullptr) {
+    return std::unexpected(error != 0
+                               ? "cannot look up user '" + name + "': " + std::strerror(error)
+                               : "no such user '" + name + "'");
+  }
+  return TargetUser{name, entry.pw_uid, entry.pw_gid, entry.pw_dir ? entry.pw_dir : ""};
+}
+
+// What tokgate writes after it has become `user` (docs/deploy-gateway.md, "Privileges"): the
+// flow log is reopened on SIGUSR1/SIGHUP and HAR captures are created in the capture directory,
+// so both are given to the user. (The key log and the CA are not: the key log is written
+// through the descriptor opened as root, and the CA is read once, at start.)
+void hand_over_files(const Runtime& runtime, const TargetUser& user) {
+  std::vector<std::filesystem::path> paths;
+  if (runtime.flows) {
+    const auto& options = runtime.flows->options();
+    if (!options.path.empty() && options.path != "-") paths.push_back(options.path);
+    if (!options.capture_dir.empty()) paths.push_back(options.capture_dir);
+  }
+  for (const auto& path : paths) {
+    if (::chown(path.c_str(), user.uid, user.gid) != 0) {
+      log::warn("chown-failed")
+          .kv("path", path.string())
+          .kv("user", user.name)
+          .kv("reason", std::strerror(errno));
+    }
+  }
+}
+
+// After the drop: what will need writing and cannot be is said now, not at the first rotation.
+void check_still_writable(const Runtime& runtime, const TargetUser& user) {
+  if (!runtime.flows) return;
+  const auto& options = runtime.flows->options();
+  auto warn_unless_writable = [&](const std::filesystem::path& path, std::string_view what) {
+    if (::access(path.c_str(), W_OK) != 0) {
+      log::warn("not-writable-after-drop")
+          .kv("path", path.string())
+          .kv("what", what)
+          .kv("user", user.name)
+          .kv("reason", std::strerror(errno));
+    }
+  };
+  if (!options.path.empty() && options.path != "-") {
+    warn_unless_writable(options.path, "flow log (reopened on SIGUSR1/SIGHUP)");
+    // logrotate moves the file away: the reopen then creates a new one in the directory.
+    auto dir = options.path.parent_path();
+    warn_unless_writable(dir.empty() ? std::filesystem::path(".") : dir,
+                         "flow log directory (a new file after rotation)");
+  }
+  if (!options.capture_dir.empty()) warn_unless_writable(options.capture_dir, "capture directory");
+}
+
+// Becomes `user` for good: its groups, its primary group, then its uid (all of real, effective,
+// saved and filesystem ids, in every thread: glibc applies set*id to the whole process), and
+// proves that root cannot be had back.
+std::expected<void, std::string> drop_privileges(const TargetUser& user) {
+  if (::initgroups(user.name.c_str(), user.gid) != 0) {
+    return std::unexpected("initgroups(" + user.name + "): " + std::strerror(errno));
+  }
+  if (::setgid(user.gid) != 0) {
+    return std::unexpected("setgid(" + std::to_string(user.gid) + "): " + std::strerror(errno));
+  }
+  if (::setuid(user.uid) != 0) {
+    return std::unexpected("setuid(" + std::to_string(user.uid) + "): " + std::strerror(errno));
+  }
+  uid_t ruid = 0, euid = 0, suid = 0;
+  gid_t rgid = 0, egid = 0, sgid = 0;
+  ::getresuid(&ruid, &euid, &suid);
+  ::getresgid(&rgid, &egid, &sgid);
+  if (ruid != user.uid || euid != user.uid || suid != user.uid || rgid != user.gid ||
+      egid != user.gid || sgid != user.gid) {
+    return std::unexpected("the ids did not all change");
+  }
+  if (user.uid != 0 && (::setuid(0) == 0 || ::seteuid(0) == 0)) {
+    return std::unexpected("root could be regained after the switch");
+  }
+  // Nothing exec'd from here may gain privileges (set-user-ID binaries, file capabilities).
+  ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+  return {};
+}
+
 // The flow log, the client pseudonymiser: opened before the first connection, so a bad path
 // stops the start with a clear error instead of losing evidence later.
 std::expected<void, std::string> open_evidence(Runtime& runtime) {
@@ -453,6 +562,9 @@ int run_proxy(std::span<const std::string_view> args) {
       config.geoip_country_db = value;
     } else if (name == "--geoip-asn") {
       config.geoip_asn_db = value;
+    } else if (name == "--user") {
+      if (!is_valid_user_name(value)) return bad("expected a user name");
+      config.user = value;
     } else if (name == "--log-level") {
       if (value == "debug")
         log::set_min_level(log::Level::debug);
@@ -470,6 +582,21 @@ int run_proxy(std::span<const std::string_view> args) {
   }
   if (config.ca_cert.empty() != config.ca_key.empty()) {
     return usage_error("--ca-cert and --ca-key go together");
+  }
+  // The user to become after binding: known to exist (and reachable) before anything starts.
+  std::optional<TargetUser> target_user;
+  if (!config.user.empty()) {
+    auto user = look_up_user(config.user);
+    if (!user) {
+      std::cerr << "tokgate: [proxy] user: " << user.error() << "\n";
+      return kUsage;
+    }
+    if (::geteuid() != 0 && ::geteuid() != user->uid) {
+      std::cerr << "tokgate: [proxy] user: cannot switch to '" << user->name << "' (uid "
+                << user->uid << "): tokgate runs as uid " << ::geteuid() << ", not as root\n";
+      return kUsage;
+    }
+    target_user = std::move(*user);
   }
 
   auto snapshot = load_policy_snapshot(config, 1);
@@ -513,6 +640,26 @@ int run_proxy(std::span<const std::string_view> args) {
     Server server(runtime);
     server.bind();
     server.bind_admin();
+    // Every listener is bound and every file that needs root is open: root is no longer needed.
+    if (target_user && ::geteuid() == 0) {
+      hand_over_files(runtime, *target_user);
+      if (auto dropped = drop_privileges(*target_user); !dropped) {
+        log::error("privilege-drop-failed")
+            .kv("user", target_user->name)
+            .kv("reason", dropped.error());
+        return kFailure;
+      }
+      log::info("privileges-dropped")
+          .kv("user", target_user->name)
+          .kv("uid", static_cast<uint64_t>(target_user->uid))
+          .kv("gid", static_cast<uint64_t>(target_user->gid));
+      check_still_writable(runtime, *target_user);
+    } else if (target_user) {
+      log::info("privileges").kv("user", target_user->name).kv("note", "already running as it");
+    } else if (::geteuid() == 0) {
+      log::warn("running-as-root")
+          .kv("note", "set [proxy] user (or --user) to drop root once the listeners are bound");
+    }
     return server.run();
   } catch (const std::exception& e) {
     log::error("startup-failed").kv("reason", e.what());

@@ -17,6 +17,7 @@
 #include "policy/catalog_export.hpp"
 #include "policy/host_pattern.hpp"
 #include "policy/policy.hpp"
+#include "proxy/http_relay.hpp"
 
 namespace tokgate::proxy {
 namespace {
@@ -97,7 +98,9 @@ std::expected<void, std::string> set_url(ExplainRequest& request, std::string_vi
   request.host = *host;
   request.port =
       url->has_port() ? url->port_number() : (scheme == boost::urls::scheme::https ? 443 : 80);
-  request.path = url->encoded_path().empty() ? "/" : std::string(url->encoded_path());
+  // As the proxy sees it: decoded and dot segments resolved (explain must agree with it).
+  request.path = normalized_path_for_policy(
+      url->encoded_path().empty() ? std::string_view("/") : std::string_view(url->encoded_path()));
   request.query = url->has_query() ? std::string(url->encoded_query()) : std::string();
   return {};
 }

@@ -22,6 +22,7 @@
 #include "proxy/resolver.hpp"
 #include "proxy/runtime.hpp"
 #include "proxy/tls_contexts.hpp"
+#include "proxy/tunnel.hpp"
 #include "proxy/websocket_relay.hpp"
 #include "proxy/worker.hpp"
 #include "web-ui/block_page.hpp"
@@ -120,35 +121,6 @@ ConnectionVerdict stricter(ConnectionVerdict a, ConnectionVerdict b) {
   return rank(a) >= rank(b) ? a : b;
 }
 
-// Bytes one way through a tunnel, until EOF (passed on as a half-close) or an error (which
-// stops both directions).
-awaitable<void> pump(tcp::socket& from, tcp::socket& to, std::span<char> buffer, uint64_t& bytes,
-                     Deadline& deadline, milliseconds idle) {
-  for (;;) {
-    auto [ec, n] =
-        co_await from.async_read_some(asio::buffer(buffer.data(), buffer.size()), use_nothrow);
-    error_code ignored;
-    if (ec) {
-      if (ec == asio::error::eof) {
-        to.shutdown(tcp::socket::shutdown_send, ignored);
-      } else {
-        from.cancel(ignored);
-        to.cancel(ignored);
-      }
-      co_return;
-    }
-    bytes += n;
-    deadline.set(idle, "tunnel-idle");
-    auto [wec, written] =
-        co_await asio::async_write(to, asio::buffer(buffer.data(), n), use_nothrow);
-    if (wec) {
-      from.cancel(ignored);
-      to.cancel(ignored);
-      co_return;
-    }
-  }
-}
-
 }  // namespace
 
 IpAddress to_ip_address(const asio::ip::address& address) {
@@ -162,6 +134,37 @@ IpAddress to_ip_address(const asio::ip::address& address) {
   return IpAddress::v6(bytes).unmapped();
 }
 
+std::optional<LimitHit> limit_of_phase(std::string_view phase) {
+  struct Entry {
+    std::string_view phase;
+    LimitHit limit;
+  };
+  // Every phase a client (or an origin) can make us wait in; "connect" and our own goodbyes
+  // ("send-error", "linger", "tls-shutdown", "refuse") are not limits on anyone.
+  static constexpr Entry kPhases[] = {
+      {"client-hello", LimitHit::client_hello_timeout},
+      {"client-tls-handshake", LimitHit::tls_handshake_client_timeout},
+      {"server-tls-handshake", LimitHit::tls_handshake_origin_timeout},
+      {"proxy-header", LimitHit::proxy_header_timeout},
+      {"first-request", LimitHit::request_header_timeout},
+      {"request-header", LimitHit::request_header_timeout},
+      {"idle", LimitHit::idle_timeout},
+      {"tunnel-idle", LimitHit::idle_timeout},
+      {"websocket-idle", LimitHit::idle_timeout},
+      {"request-send", LimitHit::body_stall},
+      {"request-body", LimitHit::body_stall},
+      {"response-send", LimitHit::body_stall},
+      {"response-body", LimitHit::body_stall},
+      {"send-block-page", LimitHit::body_stall},
+      {"reserved-page", LimitHit::body_stall},
+      {"response-header", LimitHit::response_header_timeout},
+  };
+  for (const Entry& entry : kPhases) {
+    if (entry.phase == phase) return entry.limit;
+  }
+  return std::nullopt;
+}
+
 // Host names from the network are normalized before any decision: case, trailing dot, IDNA.
 std::optional<std::string> normalized(std::string_view host) {
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
@@ -171,7 +174,7 @@ std::optional<std::string> normalized(std::string_view host) {
 }
 
 ClientSession::ClientSession(Worker& worker, tcp::socket socket, ListenerKind kind,
-                             const std::string& listener)
+                             const std::string& listener, ClientConnectionTable::Slot slot)
     : worker_(worker),
       runtime_(worker.runtime()),
       config_(worker.config()),
@@ -193,6 +196,7 @@ ClientSession::ClientSession(Worker& worker, tcp::socket socket, ListenerKind ki
   }
   facts_.listener = listener;
   client_lowest_ = &client_socket_;
+  client_slot_ = std::move(slot);
   registry_entry_ = worker_.add_session(this);
   runtime_.open_connections.fetch_add(1, std::memory_order_relaxed);
   worker_.metrics().connection_opened();
@@ -221,8 +225,16 @@ awaitable<void> ClientSession::run(std::unique_ptr<ClientSession> self) {
   // The watch ends (cancelled) when the flow ends, before `self` goes: no dangling timer.
   // (The callback is built outside the co_await expression: GCC 12 destroys class-type
   // temporaries of a co_await full-expression twice.)
-  std::function<void()> on_expire = [session] { session->cancel_io(); };
+  std::function<void()> on_expire = [session] {
+    // Every per-connection timeout ends here, once per expiry: the one place to count them.
+    if (auto limit = limit_of_phase(session->deadline_.phase())) session->count_limit(*limit);
+    session->cancel_io();
+  };
   co_await (session->flow() || session->deadline_.watch(on_expire));
+}
+
+void ClientSession::count_limit(LimitHit limit) {
+  worker_.metrics().limit_hit(limit);
 }
 
 void ClientSession::close_if_idle() {
@@ -330,7 +342,23 @@ Failure ClientSession::timeout_failure(std::string_view what) const {
 awaitable<void> ClientSession::flow() {
   // Behind a load balancer the real client comes first, in a PROXY header: it is the one the
   // allow list, the policy and the records see.
-  if (kind_ == ListenerKind::proxy_protocol && !co_await read_proxy_header()) co_return;
+  if (kind_ == ListenerKind::proxy_protocol) {
+    if (!co_await read_proxy_header()) co_return;
+    client_slot_ = runtime_.client_connections.try_acquire(client_ip_);
+    if (!client_slot_) {
+      // The balancer's connection carries one client that already has its share open.
+      count_limit(LimitHit::connections_per_client);
+      worker_.log_refusal(worker_.client_limit_log(), LimitHit::connections_per_client,
+                          client_ip_.to_string());
+      rejected_ = true;
+      const std::string_view answer = refusal_answer(LimitHit::connections_per_client);
+      deadline_.set(kGoodbyeBudget, "send-error");
+      co_await asio::async_write(client_socket_, asio::buffer(answer.data(), answer.size()),
+                                 use_nothrow);
+      co_await linger(client_socket_);
+      co_return;
+    }
+  }
   const IpAddress& client_ip = client_ip_;
   bool allowed = std::ranges::any_of(config_.allowed_clients,
                                      [&](const Cidr& cidr) { return cidr.contains(client_ip); });
@@ -407,6 +435,26 @@ std::optional<Failure> ClientSession::check_request(const RequestParser& parser)
   return std::nullopt;
 }
 
+std::optional<Failure> ClientSession::check_head_limits(const RequestParser& parser) {
+  const auto& request = parser.get();
+  // "METHOD SP target SP HTTP/1.1": what the client sent, give or take the line end.
+  const std::size_t line = request.method_string().size() + request.target().size() + 10;
+  if (line > config_.limits.request_line_bytes) {
+    count_limit(LimitHit::request_line_size);
+    return Failure{http::status::uri_too_long, "request-line-too-long",
+                   "request line of " + std::to_string(line) + " bytes exceeds the limit of " +
+                       std::to_string(config_.limits.request_line_bytes)};
+  }
+  const auto fields = static_cast<std::size_t>(std::distance(request.begin(), request.end()));
+  if (fields > config_.limits.request_header_fields) {
+    count_limit(LimitHit::request_header_fields);
+    return Failure{http::status::request_header_fields_too_large, "too-many-header-fields",
+                   std::to_string(fields) + " header fields exceed the limit of " +
+                       std::to_string(config_.limits.request_header_fields)};
+  }
+  return std::nullopt;
+}
+
 template <class ClientStream>
 awaitable<void> ClientSession::send_failure(ClientStream& client, unsigned version,
                                             bool keep_alive) {
@@ -444,7 +492,13 @@ awaitable<bool> ClientSession::read_request_head(ClientStream& client, beast::fl
     // Waiting for a request that may never come is the idle phase; once bytes arrive, the
     // head must complete within the request-header budget (slowloris).
     idle_ = true;
-    deadline_.set(first ? config_.timeouts.request_header : config_.timeouts.idle, "idle");
+    // A new connection's first request is due within the header budget (a client that opens
+    // connections and sends nothing is a slowloris too); later ones may idle.
+    if (first) {
+      deadline_.set(config_.timeouts.request_header, "first-request");
+    } else {
+      deadline_.set(config_.timeouts.idle, "idle");
+    }
     auto [ec, n] = co_await client.async_read_some(
         buffer.prepare(std::min<std::size_t>(4096, buffer.max_size())), use_nothrow);
     idle_ = false;
@@ -454,14 +508,23 @@ awaitable<bool> ClientSession::read_request_head(ClientStream& client, beast::fl
   idle_ = false;
   deadline_.set(config_.timeouts.request_header, "request-header");
   auto [ec, n] = co_await http::async_read_header(client, buffer, parser, use_nothrow);
-  if (!ec) co_return true;
+  if (!ec) {
+    if (auto failure = check_head_limits(parser)) {
+      failure_ = *failure;
+      co_await send_failure(client, 11);
+      co_return false;
+    }
+    co_return true;
+  }
   if (deadline_.expired()) {
     failure_ = Failure{http::status::request_timeout, "request-timeout",
                        "request header not received in time"};
     co_await send_failure(client, 11);
   } else if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
+    count_limit(LimitHit::request_header_size);
     failure_ = Failure{http::status::request_header_fields_too_large, "request-header-too-large",
-                       "request header exceeds the limit"};
+                       "request header exceeds the limit of " +
+                           std::to_string(config_.limits.request_header_bytes) + " bytes"};
     co_await send_failure(client, 11);
   } else if (!is_disconnect(ec) && ec != asio::error::operation_aborted) {
     failure_ =
@@ -898,11 +961,8 @@ awaitable<void> ClientSession::splice(tcp::socket& server, std::span<const uint8
         server, asio::buffer(client_bytes.data(), client_bytes.size()), use_nothrow);
     if (ec) co_return;
   }
-  const std::size_t half = config_.limits.relay_buffer_bytes / 2;
-  std::span<char> up_buffer = relay_chunk().first(half);
-  std::span<char> down_buffer = relay_chunk().subspan(half, half);
-  co_await (pump(client_socket_, server, up_buffer, up, deadline_, config_.timeouts.idle) &&
-            pump(server, client_socket_, down_buffer, down, deadline_, config_.timeouts.idle));
+  co_await (tunnel_one_way(client_socket_, server, up, deadline_, config_.timeouts.idle) &&
+            tunnel_one_way(server, client_socket_, down, deadline_, config_.timeouts.idle));
   log::info("tunnel-closed").kv("conn", id_).kv("bytes_up", up).kv("bytes_down", down);
   FlowRecord record = connection_record();
   record.status = 200;  // the CONNECT was answered "200 Connection established"
@@ -922,6 +982,9 @@ ClientSession::read_client_hello(std::vector<uint8_t>& bytes, const std::string&
   std::expected<ClientHello, ClientHelloError> hello = std::unexpected(ClientHelloError::need_more);
   for (;;) {
     if (!bytes.empty()) hello = parse_client_hello(bytes, limit);
+    if (!hello && hello.error() == ClientHelloError::too_large) {
+      count_limit(LimitHit::client_hello_size);
+    }
     if (hello || hello.error() != ClientHelloError::need_more) co_return hello;
     std::size_t old_size = bytes.size();
     bytes.resize(std::min(limit, old_size + 16 * 1024));
@@ -1190,6 +1253,18 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   WebSocketRelayResult result =
       co_await relay_websocket(client, server, client_pending, server_pending, buffer, deadline_,
                                config_.timeouts.idle, config_.limits.websocket_frame_bytes);
+  if (result.frame_too_large) {
+    count_limit(LimitHit::websocket_frame_size);
+    if (result.client_at_frame_boundary) {
+      // The client learns why: close 1009 (message too big), RFC 6455 section 7.4.1.
+      const std::string close = websocket_close_frame(
+          1009, "frame over the limit of " + std::to_string(config_.limits.websocket_frame_bytes) +
+                    " bytes");
+      deadline_.rearm();
+      deadline_.set(kGoodbyeBudget, "send-error");
+      co_await asio::async_write(client, asio::buffer(close), use_nothrow);
+    }
+  }
   auto line = log::info("websocket-closed");
   line.kv("conn", id_)
       .kv("host", label_.host)
@@ -1301,11 +1376,14 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   std::span<char> chunk = relay_chunk();
   std::optional<ResponseParser> response_parser;
 
+  bool request_body_stalled = false;
   auto send_request_body = [&]() -> awaitable<BodyResult> {
     auto result = co_await relay_body(
         client, client_buffer, request_parser, server, request_serializer, chunk, deadline_,
         config_.timeouts.io_stall, request_bytes, har ? &request_capture : nullptr);
     if (result.outcome == BodyOutcome::read_failed) {
+      // (The deadline that expired was the body's: relay_body sets it before every read.)
+      request_body_stalled = deadline_.expired() && deadline_.phase() == "request-body";
       // The client is gone: stop waiting for the answer nobody will read (the response head
       // read running alongside), and let the origin see the connection end now.
       error_code ignored;
@@ -1326,8 +1404,10 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
       if (ec) {
         if (deadline_.expired()) co_return timeout_failure("the response from the server");
         if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
+          count_limit(LimitHit::response_header_size);
           co_return Failure{http::status::bad_gateway, "upstream-protocol",
-                            "response header exceeds the limit"};
+                            "response header exceeds the limit of " +
+                                std::to_string(config_.limits.response_header_bytes) + " bytes"};
         }
         if (is_disconnect(ec)) {
           co_return Failure{http::status::bad_gateway, "upstream-protocol",
@@ -1375,6 +1455,15 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
     std::tie(request_result, head_failure) = co_await (send_request_body() && read_response_head());
   }
   if (request_result.outcome == BodyOutcome::read_failed) {
+    if (request_body_stalled) {
+      // The client is still there but its body stalled (counted as body-stall when the
+      // deadline fired): it gets a 408 that says so, as for a stalled head.
+      deadline_.rearm();
+      co_return std::unexpected(Failure{http::status::request_timeout, "request-body-timeout",
+                                        "no request body bytes for " +
+                                            std::to_string(config_.timeouts.io_stall.count()) +
+                                            " ms"});
+    }
     // The client stopped sending its body: nobody is left to answer.
     response_started = true;
     co_return std::unexpected(

@@ -17,7 +17,9 @@
 #include "proxy/deadline.hpp"
 #include "proxy/flow_record.hpp"
 #include "proxy/http_relay.hpp"
+#include "proxy/metrics.hpp"
 #include "proxy/policy_state.hpp"
+#include "proxy/runtime.hpp"
 
 namespace tokgate::proxy {
 
@@ -34,10 +36,18 @@ IpAddress to_ip_address(const asio::ip::address& address);
 // Host names from the network are normalized before any decision: case, trailing dot, IDNA.
 std::optional<std::string> normalized(std::string_view host);
 
+// The limit a connection's deadline enforces in `phase` (the name given to Deadline::set), for
+// tokgate_limit_hits_total; nullopt for phases that are not a limit on the client (connect,
+// our own goodbyes).
+std::optional<LimitHit> limit_of_phase(std::string_view phase);
+
 class ClientSession {
  public:
   // `listener`: the address of the listener that accepted it (for the records).
-  ClientSession(Worker& worker, tcp::socket socket, ListenerKind kind, const std::string& listener);
+  // `slot`: this connection's count in the per-client table (empty for a PROXY protocol
+  // listener: the real client is known only after the header).
+  ClientSession(Worker& worker, tcp::socket socket, ListenerKind kind, const std::string& listener,
+                ClientConnectionTable::Slot slot = {});
   ~ClientSession();
   ClientSession(const ClientSession&) = delete;
   ClientSession& operator=(const ClientSession&) = delete;
@@ -215,6 +225,11 @@ class ClientSession {
   void release_idle_memory(Buffers&... buffers);
   std::unique_ptr<char[]> chunk_;
   std::list<ClientSession*>::iterator registry_entry_;
+  ClientConnectionTable::Slot client_slot_;
+  // Request-line length and header count, checked once a head is parsed (431/414); sets
+  // failure_ and counts the limit.
+  std::optional<Failure> check_head_limits(const RequestParser& parser);
+  void count_limit(LimitHit limit);
 };
 
 }  // namespace tokgate::proxy

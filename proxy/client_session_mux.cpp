@@ -30,12 +30,27 @@ constexpr std::size_t kExchangeChunk = 16 * 1024;
 constexpr std::size_t kPipeCapacity = 256 * 1024;
 constexpr std::size_t kOriginConnectionsPerClient = 6;
 
-H2Connection::Settings h2_settings(const Config& config, bool toward_client) {
+H2Connection::Settings h2_settings(const Config& config, bool toward_client,
+                                   MetricsShard* metrics = nullptr) {
+  auto clamp32 = [](std::size_t value) {
+    return static_cast<uint32_t>(std::min<std::size_t>(value, UINT32_MAX));
+  };
   H2Connection::Settings settings;
-  settings.max_header_list_bytes = static_cast<uint32_t>(
-      toward_client ? config.limits.request_header_bytes : config.limits.response_header_bytes);
+  settings.max_header_list_bytes = clamp32(toward_client ? config.limits.request_header_bytes
+                                                         : config.limits.response_header_bytes);
   settings.idle = config.timeouts.idle;
   settings.enable_connect_protocol = toward_client;  // RFC 8441 WebSockets
+  if (toward_client) {
+    // The client's limits ([limits] in the config); the origin side keeps the defaults.
+    const Limits& limits = config.limits;
+    settings.max_concurrent_streams = clamp32(limits.h2_max_concurrent_streams);
+    settings.max_header_fields = clamp32(limits.request_header_fields);
+    settings.max_continuations = clamp32(limits.h2_max_continuations);
+    settings.max_pending_acks = clamp32(limits.h2_max_pending_acks);
+    settings.reset_burst = clamp32(limits.h2_reset_burst);
+    settings.reset_rate = clamp32(limits.h2_reset_rate);
+    settings.metrics = metrics;
+  }
   return settings;
 }
 
@@ -104,8 +119,8 @@ awaitable<void> ClientSession::serve_multiplexed(TlsStream& client, TlsStream& s
       if (--mux.handlers == 0) mux.handlers_done.notify();
     });
   };
-  H2Connection client_connection(client, H2Connection::Role::server, h2_settings(config_, true),
-                                 on_request);
+  H2Connection client_connection(client, H2Connection::Role::server,
+                                 h2_settings(config_, true, &worker_.metrics()), on_request);
   mux.client = &client_connection;
   client_h2_ = &client_connection;
   if (closing_ || worker_.draining()) client_connection.shutdown_gracefully();
@@ -224,6 +239,39 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
     describe(line, 0, policy::to_string(judgement.decision.action));
     line.kv("error", "client-reset");
     record_done(std::nullopt, 0, 0, "client-reset", "reset by the client before it was served");
+    co_return;
+  }
+  // The request head's limits, as for HTTP/1.1: 431 for its size or field count, 414 for the
+  // request line's part (the :path).
+  std::optional<Failure> head_failure;
+  if (stream.head_rejected) {
+    count_limit(*stream.head_rejected);
+    head_failure =
+        *stream.head_rejected == LimitHit::request_header_size
+            ? Failure{http::status::request_header_fields_too_large, "request-header-too-large",
+                      "request header list exceeds the limit of " +
+                          std::to_string(config_.limits.request_header_bytes) + " bytes"}
+            : Failure{http::status::request_header_fields_too_large, "too-many-header-fields",
+                      "more than " + std::to_string(config_.limits.request_header_fields) +
+                          " header fields"};
+  } else if (method.size() + path.size() + 10 > config_.limits.request_line_bytes) {
+    count_limit(LimitHit::request_line_size);
+    head_failure = Failure{http::status::uri_too_long, "request-line-too-long",
+                           ":path of " + std::to_string(path.size()) +
+                               " bytes exceeds the request line limit of " +
+                               std::to_string(config_.limits.request_line_bytes)};
+  }
+  if (head_failure) {
+    const Failure failure = *head_failure;
+    {
+      auto line = log::info("request");
+      describe(line, static_cast<unsigned>(failure.status),
+               policy::to_string(judgement.decision.action));
+      line.kv("error", failure.code);
+    }
+    record_done(static_cast<unsigned>(failure.status), 0, failure.reason.size() + 1, failure.code,
+                failure.reason);
+    co_await answer_h2_failure(stream, client, failure);
     co_return;
   }
   if (judgement.decision.action == policy::Action::block) {
@@ -345,6 +393,7 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
   Deadline deadline(executor);
   std::vector<char> chunk(kExchangeChunk);
   std::function<void()> on_expire = [&] {
+    if (auto limit = limit_of_phase(deadline.phase())) count_limit(*limit);
     if (response.cancel) response.cancel();
     stream.body_in.abort();
     if (response.head_ready) response.body->abort();
@@ -399,6 +448,10 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
     if (frames_up.close_code()) closed.kv("close_code_up", *frames_up.close_code());
     if (frames_down.close_code()) closed.kv("close_code_down", *frames_down.close_code());
     if (frames_up.failed() || frames_down.failed()) closed.kv("error", "websocket-framing");
+    // (An over-long frame aborts the stream: the client sees it reset.)
+    if (frames_up.limit_exceeded() || frames_down.limit_exceeded()) {
+      count_limit(LimitHit::websocket_frame_size);
+    }
   }
 
   if (response.head_ready) {

@@ -20,7 +20,6 @@ namespace tokgate::proxy {
 
 namespace {
 
-constexpr std::chrono::milliseconds kProxyHeaderWait{5000};
 constexpr std::size_t kProxyHeaderBytes = 4096;
 
 // Where the client meant to go. REDIRECT rewrites the destination and keeps the original for
@@ -86,7 +85,7 @@ std::optional<std::string> host_header_of(std::span<const uint8_t> bytes) {
 }  // namespace
 
 awaitable<bool> ClientSession::read_proxy_header() {
-  deadline_.set(kProxyHeaderWait, "proxy-header");
+  deadline_.set(config_.timeouts.proxy_header, "proxy-header");
   std::vector<uint8_t> bytes;
   for (;;) {
     auto parsed = parse_proxy_header(bytes);

@@ -84,6 +84,16 @@ constexpr auto kKeyDrain = "drain"sv;
 constexpr auto kKeyRelayBuffer = "relay_buffer"sv;
 constexpr auto kKeyMaxConnections = "max_connections"sv;
 constexpr auto kKeyLeafCache = "leaf_cache"sv;
+constexpr auto kKeyProxyHeader = "proxy_header"sv;
+constexpr auto kKeyRequestLine = "request_line"sv;
+constexpr auto kKeyRequestHeaderFields = "request_header_fields"sv;
+constexpr auto kKeyMaxConnectionsPerClient = "max_connections_per_client"sv;
+constexpr auto kKeyWebsocketFrame = "websocket_frame"sv;
+constexpr auto kKeyH2MaxConcurrentStreams = "h2_max_concurrent_streams"sv;
+constexpr auto kKeyH2MaxContinuations = "h2_max_continuations"sv;
+constexpr auto kKeyH2MaxPendingAcks = "h2_max_pending_acks"sv;
+constexpr auto kKeyH2ResetBurst = "h2_reset_burst"sv;
+constexpr auto kKeyH2ResetRate = "h2_reset_rate"sv;
 
 constexpr auto kAnyPort = "any"sv;
 constexpr unsigned kMaxWorkers = 1024;
@@ -302,8 +312,21 @@ void apply_connect_ports(Loader& loader, Config& config, const toml::node& node,
   config.connect_ports = std::move(ranges);
 }
 
+void apply_user(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
+  auto text = loader.string(node, what);
+  if (!text) return;
+  if (!is_valid_user_name(*text)) {
+    loader.error(node, what,
+                 "bad user name " + quote(*text) +
+                     " (1 to 32 letters, digits, '.', '_' or '-', not starting with '-')");
+    return;
+  }
+  config.user = std::string(*text);
+}
+
 constexpr KeySpec kProxyKeys[] = {
     {kKeyListen, apply_listen},
+    {kKeyUser, apply_user},
     {kKeyTransparent, apply_endpoints<&Config::transparent_listen>},
     {kKeyProxyProtocol, apply_endpoints<&Config::proxy_protocol_listen>},
     {kKeyAdmin, apply_admin},
@@ -439,6 +462,7 @@ constexpr KeySpec kTimeoutKeys[] = {
     {kKeyResponseHeader, apply_duration<&Timeouts::response_header>},
     {kKeyIoStall, apply_duration<&Timeouts::io_stall>},
     {kKeyDrain, apply_duration<&Timeouts::drain>},
+    {kKeyProxyHeader, apply_duration<&Timeouts::proxy_header>},
 };
 
 // ---- [limits]
@@ -484,20 +508,30 @@ void apply_size(Loader& loader, Config& config, const toml::node& node, const st
   if (auto bytes = size_value(loader, node, what, Min, Max)) config.limits.*Field = *bytes;
 }
 
-template <std::size_t Limits::*Field>
+template <std::size_t Limits::*Field, int64_t Min = 1, int64_t Max = kMaxCount>
 void apply_count(Loader& loader, Config& config, const toml::node& node, const std::string& what) {
-  if (auto value = loader.integer(node, what, 1, kMaxCount)) {
+  if (auto value = loader.integer(node, what, Min, Max)) {
     config.limits.*Field = static_cast<std::size_t>(*value);
   }
 }
 
 constexpr KeySpec kLimitKeys[] = {
     {kKeyClientHello, apply_size<&Limits::client_hello_bytes, 1 * KiB, 1 * MiB>},
+    {kKeyRequestLine, apply_size<&Limits::request_line_bytes, 256, 1 * GiB>},
     {kKeyRequestHeader, apply_size<&Limits::request_header_bytes, 1 * KiB, 1 * GiB>},
+    {kKeyRequestHeaderFields, apply_count<&Limits::request_header_fields, 1, 100'000>},
     {kKeyResponseHeader, apply_size<&Limits::response_header_bytes, 1 * KiB, 1 * GiB>},
     {kKeyRelayBuffer, apply_size<&Limits::relay_buffer_bytes, 512, 1 * GiB>},
     {kKeyMaxConnections, apply_count<&Limits::max_connections>},
+    {kKeyMaxConnectionsPerClient, apply_count<&Limits::max_connections_per_client>},
     {kKeyLeafCache, apply_count<&Limits::leaf_cache_entries>},
+    // Control frames carry up to 125 bytes: a smaller limit would refuse a close frame.
+    {kKeyWebsocketFrame, apply_size<&Limits::websocket_frame_bytes, 125, 1 * GiB>},
+    {kKeyH2MaxConcurrentStreams, apply_count<&Limits::h2_max_concurrent_streams, 1, 65'535>},
+    {kKeyH2MaxContinuations, apply_count<&Limits::h2_max_continuations, 0, 1'024>},
+    {kKeyH2MaxPendingAcks, apply_count<&Limits::h2_max_pending_acks, 1, 1'000'000>},
+    {kKeyH2ResetBurst, apply_count<&Limits::h2_reset_burst, 1, 1'000'000>},
+    {kKeyH2ResetRate, apply_count<&Limits::h2_reset_rate, 1, 1'000'000>},
 };
 
 // ---- [admin]
@@ -728,6 +762,14 @@ bool iequals(std::string_view a, std::string_view b) {
 }
 
 }  // namespace
+
+bool is_valid_user_name(std::string_view name) {
+  if (name.empty() || name.size() > 32 || name.front() == '-') return false;
+  return std::ranges::all_of(name, [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  });
+}
 
 bool ResolveOverride::matches(std::string_view host, uint16_t request_port) const {
   if (port && *port != request_port) return false;

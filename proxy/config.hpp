@@ -45,16 +45,26 @@ struct Timeouts {
   std::chrono::milliseconds response_header{60'000};  // request sent -> response head
   std::chrono::milliseconds io_stall{120'000};        // no progress on a body or tunnel
   std::chrono::milliseconds drain{30'000};            // SIGTERM: wait for in-flight requests
+  std::chrono::milliseconds proxy_header{5'000};      // accepted -> PROXY protocol header
 };
 
 struct Limits {
   std::size_t client_hello_bytes = 64 * 1024;
-  std::size_t request_header_bytes = 64 * 1024;
+  std::size_t request_line_bytes = 32 * 1024;    // method + target + version (HTTP/2: :path)
+  std::size_t request_header_bytes = 64 * 1024;  // HTTP/1.1 head; HTTP/2 header list
+  std::size_t request_header_fields = 100;       // fields in one request head (not pseudo)
   std::size_t response_header_bytes = 64 * 1024;
-  std::size_t relay_buffer_bytes = 64 * 1024;  // per direction, per connection
-  std::size_t max_connections = 10'000;        // per process
+  std::size_t relay_buffer_bytes = 64 * 1024;    // per direction, per connection
+  std::size_t max_connections = 10'000;          // per process
+  std::size_t max_connections_per_client = 256;  // per client address, over all workers
   std::size_t leaf_cache_entries = 10'000;
   std::size_t websocket_frame_bytes = 16 * 1024 * 1024;  // largest WebSocket frame payload
+  // HTTP/2 toward clients.
+  std::size_t h2_max_concurrent_streams = 128;  // SETTINGS_MAX_CONCURRENT_STREAMS
+  std::size_t h2_max_continuations = 8;         // CONTINUATION frames per header block
+  std::size_t h2_max_pending_acks = 1000;       // SETTINGS/PING acks queued, unread
+  std::size_t h2_reset_burst = 1000;            // RST_STREAMs from the client: a burst of ...
+  std::size_t h2_reset_rate = 33;               // ... then this many a second
 };
 
 struct Config {
@@ -72,6 +82,9 @@ struct Config {
   unsigned workers = 0;  // 0 = one per core
   std::vector<Cidr> allowed_clients{Cidr::loopback_v4(), Cidr::loopback_v6()};
   std::vector<PortRange> connect_ports{{443, 443}};
+  // After binding every listener and opening every file that needs root, switch to this user
+  // (and its groups). Empty: keep the identity tokgate was started with.
+  std::string user;
 
   // [ca]
   std::filesystem::path ca_dir;   // empty = default_ca_dir()
@@ -129,6 +142,10 @@ std::filesystem::path default_ca_dir();
 
 // The default configuration shipped inside the binary (text of proxy/default_config.toml).
 std::string_view embedded_default_config();
+
+// A plausible user name for [proxy] user / --user: 1..32 of [A-Za-z0-9._-], not starting with
+// '-'. (Whether the user exists is checked at startup, not here.)
+bool is_valid_user_name(std::string_view name);
 
 // Parses TOML text. Errors read "NAME:LINE:COL: what is wrong", one per line, every error found.
 std::expected<Config, std::string> parse_config(std::string_view toml_text,

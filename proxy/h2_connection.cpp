@@ -5,6 +5,7 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
 #include <array>
 
 namespace tokgate::proxy {
@@ -65,10 +66,24 @@ struct H2Callbacks {
     if (stream == nullptr) return 0;
     // nghttp2 bounds one field; we bound the list (SETTINGS_MAX_HEADER_LIST_SIZE is advisory)
     // and the count, which also caps what a CONTINUATION flood can make us hold.
+    if (stream->head_rejected) return 0;  // over a limit already: decoded, not kept
     stream->head_bytes += namelen + valuelen + 32;
     auto& list = stream->head_complete ? stream->pending_trailers : stream->head;
-    if (stream->head_bytes > connection.settings_.max_header_list_bytes ||
-        list.size() >= connection.settings_.max_header_fields) {
+    const bool pseudo = namelen > 0 && name[0] == ':';
+    if (!pseudo) ++stream->head_fields;
+    const bool too_large = stream->head_bytes > connection.settings_.max_header_list_bytes;
+    const bool too_many = stream->head_fields > connection.settings_.max_header_fields;
+    if (too_large || too_many) {
+      if (connection.role_ == H2Connection::Role::server && !stream->head_complete) {
+        // A request head: keep the stream, so the client gets a 431 that says why.
+        stream->head_rejected =
+            too_large ? LimitHit::request_header_size : LimitHit::request_header_fields;
+        return 0;
+      }
+      if (connection.role_ == H2Connection::Role::server) {
+        connection.count(too_large ? LimitHit::request_header_size
+                                   : LimitHit::request_header_fields);  // request trailers
+      }
       return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // resets this stream only
     }
     std::string_view field_name(reinterpret_cast<const char*>(name), namelen);
@@ -87,6 +102,16 @@ struct H2Callbacks {
       case NGHTTP2_GOAWAY:
         connection.going_away_ = true;
         return 0;
+      case NGHTTP2_RST_STREAM:
+        if (connection.role_ == H2Connection::Role::server && !connection.take_reset_token()) {
+          // Rapid reset: more resets than the budget allows. Stop reading at once (the reader
+          // then sends GOAWAY ENHANCE_YOUR_CALM); nghttp2's own limiter, set looser, is only
+          // the backstop and never sees this frame.
+          connection.reset_flooded_ = true;
+          connection.count(LimitHit::h2_rapid_reset);
+          return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
+        return 0;
       case NGHTTP2_HEADERS:
       case NGHTTP2_DATA:
         break;
@@ -102,11 +127,13 @@ struct H2Callbacks {
         // 1xx: nothing a translated or multiplexed exchange passes on; the final head follows.
         stream->head.clear();
         stream->head_bytes = 0;
+        stream->head_fields = 0;
         stream->interim = false;
         return 0;
       }
       stream->head_complete = true;
       stream->head_bytes = 0;
+      stream->head_fields = 0;
       new_request = connection.role_ == H2Connection::Role::server;
       stream->event.notify();
     }
@@ -114,6 +141,25 @@ struct H2Callbacks {
     if (new_request && connection.on_request_) {
       auto found = connection.streams_.find(stream->id);
       if (found != connection.streams_.end()) connection.on_request_(found->second);
+    }
+    return 0;
+  }
+
+  // A frame nghttp2 refused. The one that concerns a limit: a request HEADERS past
+  // SETTINGS_MAX_CONCURRENT_STREAMS (REFUSED_STREAM before our SETTINGS are acknowledged, a
+  // connection error after).
+  static int invalid_frame(nghttp2_session*, const nghttp2_frame* frame, int lib_error_code,
+                           void* user_data) {
+    auto& connection = self(user_data);
+    if (connection.role_ != H2Connection::Role::server || frame->hd.type != NGHTTP2_HEADERS) {
+      return 0;
+    }
+    if (lib_error_code == NGHTTP2_ERR_REFUSED_STREAM ||
+        connection.streams_.size() >= connection.settings_.max_concurrent_streams) {
+      connection.count(LimitHit::h2_streams);
+      if (connection.end_reason_.empty() && lib_error_code != NGHTTP2_ERR_REFUSED_STREAM) {
+        connection.end_reason_ = "too many concurrent streams";
+      }
     }
     return 0;
   }
@@ -169,7 +215,9 @@ H2Connection::H2Connection(TlsStream& io, Role role, const Settings& settings,
       settings_(settings),
       on_request_(std::move(on_request)),
       write_signal_(io.get_executor()),
-      last_active_(std::chrono::steady_clock::now()) {
+      last_active_(std::chrono::steady_clock::now()),
+      reset_tokens_(settings.reset_burst),
+      reset_refilled_(std::chrono::steady_clock::now()) {
   nghttp2_session_callbacks* callbacks = nullptr;
   nghttp2_session_callbacks_new(&callbacks);
   nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, H2Callbacks::begin_headers);
@@ -177,16 +225,21 @@ H2Connection::H2Connection(TlsStream& io, Role role, const Settings& settings,
   nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, H2Callbacks::frame_recv);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, H2Callbacks::data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, H2Callbacks::stream_close);
+  nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(callbacks,
+                                                               H2Callbacks::invalid_frame);
   nghttp2_option* option = nullptr;
   nghttp2_option_new(&option);
   nghttp2_option_set_no_auto_window_update(option, 1);
   nghttp2_option_set_max_send_header_block_length(option, 256 * 1024);
-  nghttp2_option_set_max_outbound_ack(option, 1000);  // SETTINGS/PING floods end the connection
+  // SETTINGS/PING floods end the connection.
+  nghttp2_option_set_max_outbound_ack(option, settings_.max_pending_acks);
   nghttp2_option_set_max_settings(option, 32);
-  // CVE-2023-44487 (rapid reset): a burst of 1000 RST_STREAMs, then 33 a second, or GOAWAY.
-  nghttp2_option_set_stream_reset_rate_limit(option, 1000, 33);
-  // CVE-2024-27316 (CONTINUATION flood): a header block spans at most 8 CONTINUATION frames.
-  nghttp2_option_set_max_continuations(option, 8);
+  // CVE-2023-44487 (rapid reset): our own bucket (take_reset_token) ends the connection first
+  // and counts it; nghttp2's, twice as loose, is only a backstop.
+  nghttp2_option_set_stream_reset_rate_limit(option, uint64_t{settings_.reset_burst} * 2,
+                                             uint64_t{settings_.reset_rate} * 2);
+  // CVE-2024-27316 (CONTINUATION flood): CONTINUATION frames per header block.
+  nghttp2_option_set_max_continuations(option, settings_.max_continuations);
   if (role == Role::client) nghttp2_option_set_peer_max_concurrent_streams(option, 100);
   if (role == Role::server) {
     nghttp2_session_server_new2(&session_, callbacks, this, option);
@@ -285,12 +338,15 @@ awaitable<void> H2Connection::reader() {
     last_active_ = std::chrono::steady_clock::now();
     const auto consumed = nghttp2_session_mem_recv(session_, buffer.data(), n);
     if (consumed < 0) {
-      end_reason_ = nghttp2_strerror(static_cast<int>(consumed));
+      end_reason_ = reset_flooded_ ? std::string("rapid reset")
+                                   : std::string(nghttp2_strerror(static_cast<int>(consumed)));
       // Floods come back as errors with no GOAWAY queued: queue one (a no-op if nghttp2 already
       // did), let the writer send it and end the connection, and stop waiting after a moment
       // regardless (a peer that does not read must not hold the connection open).
-      const bool flood =
-          consumed == NGHTTP2_ERR_FLOODED || consumed == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
+      const bool flood = consumed == NGHTTP2_ERR_FLOODED ||
+                         consumed == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS || reset_flooded_;
+      if (consumed == NGHTTP2_ERR_FLOODED) count(LimitHit::h2_control_flood);
+      if (consumed == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS) count(LimitHit::h2_continuations);
       nghttp2_session_terminate_session(session_,
                                         flood ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
       notify_write();
@@ -342,6 +398,7 @@ awaitable<void> H2Connection::idle_watch() {
     if (ec) co_return;  // cancelled: the connection ended another way
     if (streams_.empty() && std::chrono::steady_clock::now() - last_active_ >= settings_.idle) {
       if (end_reason_.empty()) end_reason_ = "idle";
+      count(LimitHit::idle_timeout);
       nghttp2_session_terminate_session(session_, NGHTTP2_NO_ERROR);
       notify_write();
       last_active_ = std::chrono::steady_clock::now();
@@ -352,6 +409,17 @@ awaitable<void> H2Connection::idle_watch() {
     }
     if (!streams_.empty()) last_active_ = std::chrono::steady_clock::now();
   }
+}
+
+bool H2Connection::take_reset_token() {
+  const auto now = std::chrono::steady_clock::now();
+  const double elapsed = std::chrono::duration<double>(now - reset_refilled_).count();
+  reset_refilled_ = now;
+  reset_tokens_ =
+      std::min<double>(settings_.reset_burst, reset_tokens_ + elapsed * settings_.reset_rate);
+  if (reset_tokens_ < 1) return false;
+  reset_tokens_ -= 1;
+  return true;
 }
 
 void H2Connection::attach_source(H2Stream& stream, BodyPipe* body) {

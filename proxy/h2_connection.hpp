@@ -9,6 +9,7 @@
 #include <expected>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -16,6 +17,7 @@
 
 #include "proxy/asio_types.hpp"
 #include "proxy/body_pipe.hpp"
+#include "proxy/metrics.hpp"
 
 struct nghttp2_session;
 
@@ -37,6 +39,11 @@ struct H2Stream {
   int32_t id = 0;
   HeaderList head;  // as received: pseudo-header fields (":method", ":status", ...) first
   std::size_t head_bytes = 0;
+  std::size_t head_fields = 0;  // regular (not pseudo-header) fields of the block being read
+  // Server role: the request head went over a limit (size or field count). Decoding went on
+  // (HPACK state is shared by the connection) but nothing more of it was kept; the handler
+  // answers 431.
+  std::optional<LimitHit> head_rejected;
   bool head_complete = false;
   bool closed = false;
   uint32_t error_code = 0;       // RST_STREAM / GOAWAY code the stream closed with (0 = clean)
@@ -55,11 +62,18 @@ class H2Connection {
   struct Settings {
     uint32_t max_concurrent_streams = 128;
     uint32_t max_header_list_bytes = 64 * 1024;
-    uint32_t max_header_fields = 256;
+    uint32_t max_header_fields = 256;  // regular fields in one header block
     uint32_t stream_window = 256 * 1024;
     uint32_t connection_window = 1024 * 1024;
     bool enable_connect_protocol = false;  // RFC 8441, server role
     std::chrono::milliseconds idle{std::chrono::seconds(60)};
+    // The floods of the peer (server role: a client's; RFC 9113 section 10.5).
+    uint32_t max_continuations = 8;    // CONTINUATION frames per header block (CVE-2024-27316)
+    uint32_t max_pending_acks = 1000;  // SETTINGS/PING acks queued for a peer that does not read
+    uint32_t reset_burst = 1000;       // RST_STREAMs received: a burst of this many ...
+    uint32_t reset_rate = 33;          // ... then this many a second (CVE-2023-44487)
+    // Where the limits a client hits are counted (server role); null: not counted.
+    MetricsShard* metrics = nullptr;
   };
   // Server role: called when a request head is complete (from inside nghttp2's callbacks: it
   // must only schedule work).
@@ -103,6 +117,11 @@ class H2Connection {
   void attach_source(H2Stream& stream, BodyPipe* body);
   void forget(H2Stream& stream, uint32_t error_code);
   void end(std::string_view reason);
+  void count(LimitHit limit) {
+    if (settings_.metrics != nullptr && role_ == Role::server) settings_.metrics->limit_hit(limit);
+  }
+  // A RST_STREAM from the peer; false once the rapid-reset budget is spent.
+  bool take_reset_token();
 
   TlsStream& io_;
   Role role_;
@@ -116,6 +135,10 @@ class H2Connection {
   std::string end_reason_;
   bool ended_ = false;
   bool going_away_ = false;
+  // Token bucket of the peer's RST_STREAMs (server role).
+  double reset_tokens_ = 0;
+  std::chrono::steady_clock::time_point reset_refilled_;
+  bool reset_flooded_ = false;
 };
 
 // HTTP/2 error codes used by the proxy (RFC 9113 section 7).
@@ -124,5 +147,6 @@ inline constexpr uint32_t kH2ProtocolError = 0x1;
 inline constexpr uint32_t kH2InternalError = 0x2;
 inline constexpr uint32_t kH2RefusedStream = 0x7;
 inline constexpr uint32_t kH2Cancel = 0x8;
+inline constexpr uint32_t kH2EnhanceYourCalm = 0xb;
 
 }  // namespace tokgate::proxy

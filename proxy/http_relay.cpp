@@ -49,22 +49,43 @@ void strip_hop_by_hop(http::fields& fields) {
 }
 
 std::string normalized_path_for_policy(std::string_view path) {
+  // Percent-escapes decoded once (as the origin will), then the segments resolved on the decoded
+  // text: empty and "." segments dropped, ".." removes the one before it and never climbs above
+  // the root. Doing it in that order means "/.//aweme", "/..//aweme" and "/a/../../aweme" all
+  // become "/aweme".
   std::string decoded;
-  auto parsed = boost::urls::parse_origin_form(path);
-  if (parsed) {
-    boost::urls::url url(*parsed);
-    url.normalize_path();
-    decoded = url.path();
+  if (auto parsed = boost::urls::parse_origin_form(path)) {
+    decoded = parsed->path();
   } else {
-    decoded = path;  // not a valid origin-form path: match it as it came
+    decoded = path.substr(0, path.find('?'));  // not a valid origin-form: match it as it came
+  }
+  std::vector<std::string_view> segments;
+  std::string_view rest = decoded;
+  bool trailing_slash = false;
+  while (!rest.empty()) {
+    const std::size_t slash = rest.find('/');
+    const std::string_view segment = rest.substr(0, slash);
+    rest = slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
+    const bool last = slash == std::string_view::npos;
+    if (segment.empty() || segment == ".") {
+      trailing_slash = last || rest.empty();
+      continue;
+    }
+    if (segment == "..") {
+      if (!segments.empty()) segments.pop_back();
+      trailing_slash = last || rest.empty();
+      continue;
+    }
+    segments.push_back(segment);
+    trailing_slash = !last && rest.empty();
   }
   std::string out;
-  out.reserve(decoded.size());
-  for (char c : decoded) {
-    if (c == '/' && !out.empty() && out.back() == '/') continue;
-    out.push_back(c);
+  out.reserve(decoded.size() + 1);
+  for (const auto& segment : segments) {
+    out.push_back('/');
+    out.append(segment);
   }
-  if (out.empty()) out = "/";
+  if (out.empty() || trailing_slash) out.push_back('/');
   return out;
 }
 

@@ -24,6 +24,29 @@ constexpr std::array<std::string_view, kOriginHandshakeFailureCount> kOriginFail
     "untrusted", "expired", "hostname-mismatch", "timeout", "protocol", "refused", "other"};
 constexpr std::array<std::string_view, kDirectionCount> kDirectionNames{"up", "down"};
 constexpr std::array<std::string_view, kCertCacheResultCount> kCertCacheNames{"hit", "mint"};
+constexpr std::array<std::string_view, kLimitHitCount> kLimitNames{
+    "client-hello-size",
+    "client-hello-timeout",
+    "tls-handshake-client-timeout",
+    "tls-handshake-origin-timeout",
+    "proxy-header-timeout",
+    "request-line-size",
+    "request-header-size",
+    "request-header-fields",
+    "request-header-timeout",
+    "idle-timeout",
+    "body-stall",
+    "response-header-timeout",
+    "response-header-size",
+    "connections",
+    "connections-per-client",
+    "h2-streams",
+    "h2-continuations",
+    "h2-control-flood",
+    "h2-rapid-reset",
+    "websocket-frame-size",
+};
+static_assert(static_cast<std::size_t>(LimitHit::websocket_frame_size) + 1 == kLimitHitCount);
 constexpr std::array<std::string_view, kStatusClassCount> kStatusClassNames{"1xx", "2xx", "3xx",
                                                                             "4xx", "5xx", "none"};
 
@@ -183,6 +206,10 @@ std::string_view to_string(StatusClass status_class) {
   return name_of(kStatusClassNames, status_class);
 }
 
+std::string_view to_string(LimitHit limit) {
+  return name_of(kLimitNames, limit);
+}
+
 std::string escape_label_value(std::string_view value) {
   std::string escaped;
   escaped.reserve(value.size());
@@ -255,6 +282,10 @@ void MetricsShard::cert_cache(CertCacheResult result) {
 
 void MetricsShard::websocket_messages(Direction direction, uint64_t count) {
   if (index_of(direction) < kDirectionCount) websocket_messages_[index_of(direction)].add(count);
+}
+
+void MetricsShard::limit_hit(LimitHit limit) {
+  if (index_of(limit) < kLimitHitCount) limit_hits_[index_of(limit)].add(1);
 }
 
 void MetricsShard::observe(Histogram which, double seconds) {
@@ -476,6 +507,14 @@ std::string Metrics::render_prometheus() const {
                total([direction](const MetricsShard& s) -> auto& {
                  return s.websocket_messages_[direction];
                }));
+  }
+
+  out.family("tokgate_limit_hits_total", "counter",
+             "Times a limit or timeout acted (a connection refused or ended, a request "
+             "answered 408, 414 or 431), by limit; docs/metrics.md names the config key of each.");
+  for (std::size_t limit = 0; limit < kLimitHitCount; ++limit) {
+    out.sample("tokgate_limit_hits_total", {{"limit", kLimitNames[limit]}},
+               total([limit](const MetricsShard& s) -> auto& { return s.limit_hits_[limit]; }));
   }
 
   static const std::array<std::string, kHistogramBounds.size()> kBoundNames = format_bounds();

@@ -77,6 +77,35 @@ std::string_view to_string(StatusClass status_class);
 
 inline constexpr std::size_t kActionCount = 6;  // policy::Action
 
+// A limit or timeout that turned a client (or an origin) away: tokgate_limit_hits_total{limit}.
+// One count per time the limit acts (a connection refused, a request answered 408/431/414, a
+// connection ended). docs/metrics.md lists the labels and the config key behind each.
+enum class LimitHit : uint8_t {
+  client_hello_size,             // [limits] client_hello
+  client_hello_timeout,          // [timeouts] client_hello
+  tls_handshake_client_timeout,  // [timeouts] tls_handshake, with the client
+  tls_handshake_origin_timeout,  // [timeouts] tls_handshake, with the origin
+  proxy_header_timeout,          // [timeouts] proxy_header
+  request_line_size,             // [limits] request_line
+  request_header_size,           // [limits] request_header (HTTP/1.1 head, HTTP/2 header list)
+  request_header_fields,         // [limits] request_header_fields
+  request_header_timeout,        // [timeouts] request_header (slowloris)
+  idle_timeout,                  // [timeouts] idle (keep-alive, HTTP/2, tunnels, WebSockets)
+  body_stall,                    // [timeouts] io_stall
+  response_header_timeout,       // [timeouts] response_header
+  response_header_size,          // [limits] response_header
+  connections,                   // [limits] max_connections
+  connections_per_client,        // [limits] max_connections_per_client
+  h2_streams,                    // [limits] h2_max_concurrent_streams
+  h2_continuations,              // [limits] h2_max_continuations
+  h2_control_flood,              // [limits] h2_max_pending_acks (SETTINGS/PING)
+  h2_rapid_reset,                // [limits] h2_reset_burst, h2_reset_rate
+  websocket_frame_size,          // [limits] websocket_frame
+};
+inline constexpr std::size_t kLimitHitCount = 20;
+// "client-hello-size", "client-hello-timeout", ... (the label values, in enum order).
+std::string_view to_string(LimitHit limit);
+
 // The latency histograms. request_first_byte and request_total are the two `stage` series of
 // tokgate_request_duration_seconds.
 enum class Histogram : uint8_t {
@@ -123,6 +152,7 @@ class alignas(64) MetricsShard {
   void origin_handshake_failed(OriginHandshakeFailure reason);
   void cert_cache(CertCacheResult result);
   void websocket_messages(Direction direction, uint64_t count);
+  void limit_hit(LimitHit limit);
 
   // Negative durations count as 0; NaN and infinities are ignored.
   void observe(Histogram which, double seconds);
@@ -162,6 +192,7 @@ class alignas(64) MetricsShard {
   std::array<Counter, kOriginHandshakeFailureCount> origin_handshake_failures_;
   std::array<Counter, kCertCacheResultCount> cert_cache_;
   std::array<Counter, kDirectionCount> websocket_messages_;
+  std::array<Counter, kLimitHitCount> limit_hits_;
   std::array<HistogramCells, kHistogramCount> histograms_;
 };
 

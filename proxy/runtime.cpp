@@ -24,6 +24,48 @@ Runtime::Runtime(Config config_in, certs::CertificateAuthority ca_in,
       policy(policy_in),
       pinned(policy_in->policy->pinned_table_size()) {}
 
+std::size_t ClientConnectionTable::AddressHash::operator()(const IpAddress& address) const {
+  // FNV-1a over the meaningful bytes: client addresses are not chosen to collide here, and a
+  // collision only costs a longer bucket.
+  uint64_t hash = 1469598103934665603ull;
+  const std::size_t length = address.is_v4() ? 4 : 16;
+  for (std::size_t i = 0; i < length; ++i) {
+    hash = (hash ^ address.bytes()[i]) * 1099511628211ull;
+  }
+  return static_cast<std::size_t>(hash);
+}
+
+ClientConnectionTable::Shard& ClientConnectionTable::shard_of(const IpAddress& address) {
+  return shards_[AddressHash{}(address) % shards_.size()];
+}
+
+ClientConnectionTable::Slot ClientConnectionTable::try_acquire(const IpAddress& address) {
+  Shard& shard = shard_of(address);
+  std::lock_guard lock(shard.mutex);
+  std::size_t& open = shard.open[address];
+  if (open >= limit_) {
+    if (open == 0) shard.open.erase(address);
+    return {};
+  }
+  ++open;
+  return Slot(this, address);
+}
+
+std::size_t ClientConnectionTable::open_from(const IpAddress& address) {
+  Shard& shard = shard_of(address);
+  std::lock_guard lock(shard.mutex);
+  auto found = shard.open.find(address);
+  return found == shard.open.end() ? 0 : found->second;
+}
+
+void ClientConnectionTable::release(const IpAddress& address) {
+  Shard& shard = shard_of(address);
+  std::lock_guard lock(shard.mutex);
+  auto found = shard.open.find(address);
+  if (found == shard.open.end()) return;
+  if (--found->second == 0) shard.open.erase(found);  // the map holds active clients only
+}
+
 void Runtime::submit_flow(unsigned worker, FlowRecord record) {
   if (flows) flows->submit(worker, std::move(record));
 }

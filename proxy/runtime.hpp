@@ -2,9 +2,12 @@
 // cache, the policy snapshot (swapped on reload) and the table of pinned hosts.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <unordered_map>
 
 #include "certs/certificate_authority.hpp"
 #include "certs/leaf_cache.hpp"
@@ -24,6 +27,63 @@
 namespace tokgate::proxy {
 
 using policy::ConnectionVerdict;
+
+// Open client connections per client address, over the whole process (all workers: the kernel
+// spreads one client's connections over them, so a per-worker count would allow workers x the
+// limit). Touched once when a connection is accepted and once when it closes, never per byte:
+// a few shards each with a mutex and a map are cheap enough there.
+class ClientConnectionTable {
+ public:
+  explicit ClientConnectionTable(std::size_t limit) : limit_(limit) {}
+
+  // A counted connection; releases its count when destroyed.
+  class Slot {
+   public:
+    Slot() = default;
+    Slot(Slot&& other) noexcept
+        : table_(std::exchange(other.table_, nullptr)), address_(other.address_) {}
+    Slot& operator=(Slot&& other) noexcept {
+      if (this != &other) {
+        release();
+        table_ = std::exchange(other.table_, nullptr);
+        address_ = other.address_;
+      }
+      return *this;
+    }
+    ~Slot() { release(); }
+    explicit operator bool() const { return table_ != nullptr; }
+
+   private:
+    friend class ClientConnectionTable;
+    Slot(ClientConnectionTable* table, const IpAddress& address)
+        : table_(table), address_(address) {}
+    void release() {
+      if (table_ != nullptr) std::exchange(table_, nullptr)->release(address_);
+    }
+    ClientConnectionTable* table_ = nullptr;
+    IpAddress address_;
+  };
+
+  // A slot for one more connection from `address`, or an empty one when it already has the
+  // limit's worth open.
+  Slot try_acquire(const IpAddress& address);
+  std::size_t open_from(const IpAddress& address);
+  std::size_t limit() const { return limit_; }
+
+ private:
+  struct AddressHash {
+    std::size_t operator()(const IpAddress& address) const;
+  };
+  struct Shard {
+    std::mutex mutex;
+    std::unordered_map<IpAddress, std::size_t, AddressHash> open;
+  };
+  Shard& shard_of(const IpAddress& address);
+  void release(const IpAddress& address);
+
+  std::size_t limit_;
+  std::array<Shard, 16> shards_;
+};
 
 struct Runtime {
   Runtime(Config config_in, certs::CertificateAuthority ca_in,
@@ -68,6 +128,7 @@ struct Runtime {
   std::optional<Endpoint> bound_admin;
 
   std::atomic<std::size_t> open_connections{0};
+  ClientConnectionTable client_connections{config.limits.max_connections_per_client};
   std::atomic<uint64_t> next_connection_id{1};
 };
 

@@ -139,6 +139,7 @@ std::expected<void, std::string> WebSocketFrameTracker::check_payload_length() {
   }
   // Refused from the header alone: not one byte of an oversized payload is forwarded.
   if (payload_length_ > max_frame_payload_) {
+    limit_exceeded_ = true;
     return fail("frame payload " + std::to_string(payload_length_) + " exceeds limit " +
                 std::to_string(max_frame_payload_));
   }
@@ -174,6 +175,17 @@ void WebSocketFrameTracker::finish_frame() {
   length_end_ = 2;
   header_needed_ = 2;
   in_payload_ = false;
+}
+
+std::string websocket_close_frame(uint16_t code, std::string_view reason) {
+  reason = reason.substr(0, 123);  // a control frame's payload is at most 125 bytes
+  std::string frame;
+  frame.push_back(static_cast<char>(0x88));  // FIN, opcode close
+  frame.push_back(static_cast<char>(2 + reason.size()));
+  frame.push_back(static_cast<char>(code >> 8));
+  frame.push_back(static_cast<char>(code & 0xff));
+  frame.append(reason);
+  return frame;
 }
 
 }  // namespace tokgate::proxy

@@ -61,6 +61,8 @@ class WebSocketFrameTracker {
   // Part of a frame has passed but not all of it: a stream ending now was cut inside a frame.
   bool inside_frame() const { return header_size_ > 0 || in_payload_; }
   bool failed() const { return !error_.empty(); }
+  // The failure was a frame over the payload limit (not a framing violation).
+  bool limit_exceeded() const { return limit_exceeded_; }
 
  private:
   std::expected<void, std::string> fail(std::string message);
@@ -90,8 +92,13 @@ class WebSocketFrameTracker {
   bool close_seen_ = false;
   std::optional<uint16_t> close_code_;
   std::string error_;
+  bool limit_exceeded_ = false;
   WebSocketCounts counts_;
 };
+
+// A close frame from the server side to the client (unmasked): status `code` and a short
+// reason (at most 123 bytes are used).
+std::string websocket_close_frame(uint16_t code, std::string_view reason);
 
 struct WebSocketRelayResult {
   WebSocketCounts up;    // client side to server side
@@ -104,6 +111,10 @@ struct WebSocketRelayResult {
   // side: a framing violation ("client side: reserved opcode 0x3"), an I/O error, "idle
   // timeout", or a stream cut inside a frame.
   std::string error;
+  // A frame over the payload limit stopped the relay (from either side).
+  bool frame_too_large = false;
+  // The client side is between two frames of ours: a close frame can still be sent to it.
+  bool client_at_frame_boundary = true;
 };
 
 namespace websocket_relay_detail {
@@ -124,6 +135,8 @@ struct RelayState {
   Pump down;
   bool stopping = false;  // one direction stopped both: aborted I/O from now on is expected
   std::string error;
+  // What has reached the client ends between two frames (a close frame may follow).
+  bool client_at_frame_boundary = true;
 };
 
 // Stops the other direction once it has nothing to finish: at once if it is waiting to read, or
@@ -196,6 +209,7 @@ awaitable<void> pump(From& from, To& to, std::span<const uint8_t> pending, std::
         co_return;
       }
       deadline.set(idle, kIdlePhase);
+      if (!from_client) state.client_at_frame_boundary = !tracker.inside_frame();
       chunk = {};
     }
     if (state.stopping) co_return;
@@ -282,6 +296,8 @@ awaitable<WebSocketRelayResult> relay_websocket(ClientStream& client, ServerStre
   result.close_code_up = up.close_code();
   result.close_code_down = down.close_code();
   result.error = std::move(state.error);
+  result.frame_too_large = up.limit_exceeded() || down.limit_exceeded();
+  result.client_at_frame_boundary = state.client_at_frame_boundary;
   co_return result;
 }
 

@@ -1,6 +1,7 @@
 #include "proxy/worker.hpp"
 
 #include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
@@ -114,6 +115,64 @@ void Worker::remove_session(std::list<ClientSession*>::iterator it) {
   active_.fetch_sub(1, std::memory_order_acq_rel);
 }
 
+std::string_view refusal_answer(LimitHit limit) {
+  auto answer_for = [](std::string_view code, std::string_view reason) {
+    return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+           "X-Tokgate-Error: " +
+           std::string(code) + "\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: " +
+           std::to_string(reason.size()) + "\r\n\r\n" + std::string(reason);
+  };
+  static const std::string kTooManyConnections =
+      answer_for("too-many-connections", "too many connections: try again later\n");
+  static const std::string kTooManyFromClient = answer_for(
+      "too-many-client-connections", "too many connections from your address: close some\n");
+  return limit == LimitHit::connections_per_client ? kTooManyFromClient : kTooManyConnections;
+}
+
+void Worker::log_refusal(RefusalLog& log, LimitHit limit, const std::string& client) {
+  const auto now = std::chrono::steady_clock::now();
+  if (log.last != std::chrono::steady_clock::time_point{} &&
+      now - log.last < std::chrono::seconds(1)) {
+    ++log.unlogged;
+    return;
+  }
+  const bool per_client = limit == LimitHit::connections_per_client;
+  log::warn(per_client ? "client-connection-limit" : "connection-limit")
+      .kv("worker", index_)
+      .kv("client", client)
+      .kv("limit", per_client ? runtime_.config.limits.max_connections_per_client
+                              : runtime_.config.limits.max_connections)
+      .kv("refused_unlogged", log.unlogged);
+  log.last = now;
+  log.unlogged = 0;
+}
+
+void Worker::refuse_at_accept(tcp::socket& socket, ListenerKind kind, LimitHit limit,
+                              const std::string& client) {
+  MetricsShard& shard = metrics();
+  shard.limit_hit(limit);
+  // Counted as a connection turned away before a verdict, as docs/metrics.md says.
+  shard.connection_opened();
+  shard.connection_closed(ConnectionOutcome::rejected);
+  log_refusal(limit == LimitHit::connections_per_client ? client_limit_log_ : connection_limit_log_,
+              limit, client);
+  const int fd = socket.native_handle();
+  if (kind != ListenerKind::transparent) {
+    const std::string_view answer = refusal_answer(limit);
+    // One try, never waiting: a fresh socket's send buffer is empty, so it goes out whole.
+    [[maybe_unused]] auto sent =
+        ::send(fd, answer.data(), answer.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  }
+  // FIN, then discard what the client already sent: closing with unread input would send a
+  // RST, which can destroy the answer before the client reads it.
+  ::shutdown(fd, SHUT_WR);
+  char discard[4096];
+  for (int i = 0; i < 16 && ::recv(fd, discard, sizeof discard, MSG_DONTWAIT) > 0; ++i) {
+  }
+  error_code ignored;
+  socket.close(ignored);
+}
+
 awaitable<void> Worker::accept_loop(Listener& listener) {
   tcp::acceptor& acceptor = listener.acceptor;
   asio::steady_timer backoff(*io_);
@@ -128,17 +187,32 @@ awaitable<void> Worker::accept_loop(Listener& listener) {
       co_await backoff.async_wait(use_nothrow);
       continue;
     }
-    if (runtime_.open_connections.load(std::memory_order_relaxed) >=
-        runtime_.config.limits.max_connections) {
-      log::warn("connection-limit")
-          .kv("worker", index_)
-          .kv("limit", runtime_.config.limits.max_connections);
+    error_code peer_error;
+    const tcp::endpoint peer = socket.remote_endpoint(peer_error);
+    if (peer_error) {
       error_code ignored;
-      socket.close(ignored);
+      socket.close(ignored);  // already gone
       continue;
     }
-    auto session =
-        std::make_unique<ClientSession>(*this, std::move(socket), listener.kind, listener.address);
+    const IpAddress client = to_ip_address(peer.address());
+    if (runtime_.open_connections.load(std::memory_order_relaxed) >=
+        runtime_.config.limits.max_connections) {
+      refuse_at_accept(socket, listener.kind, LimitHit::connections, client.to_string());
+      continue;
+    }
+    // Behind a load balancer every connection comes from the balancer: the real client is
+    // known (and counted) only after the PROXY header, in the session.
+    ClientConnectionTable::Slot slot;
+    if (listener.kind != ListenerKind::proxy_protocol) {
+      slot = runtime_.client_connections.try_acquire(client);
+      if (!slot) {
+        refuse_at_accept(socket, listener.kind, LimitHit::connections_per_client,
+                         client.to_string());
+        continue;
+      }
+    }
+    auto session = std::make_unique<ClientSession>(*this, std::move(socket), listener.kind,
+                                                   listener.address, std::move(slot));
     asio::co_spawn(*io_, ClientSession::run(std::move(session)), [](std::exception_ptr e) {
       if (!e) return;
       try {

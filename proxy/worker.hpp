@@ -6,6 +6,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <list>
 #include <memory>
 #include <thread>
@@ -25,8 +26,19 @@ class ClientSession;
 enum class ListenerKind : uint8_t { explicit_proxy, proxy_protocol, transparent };
 std::string_view to_string(ListenerKind kind);
 
+// The whole HTTP answer (503, X-Tokgate-Error, Connection: close) to a connection turned away
+// by the connection limit or the per-client limit.
+std::string_view refusal_answer(LimitHit limit);
+
 class Worker {
  public:
+  // Log lines of refusals, at most one a second per limit on this worker; the line says how
+  // many went unlogged since the last one.
+  struct RefusalLog {
+    std::chrono::steady_clock::time_point last{};
+    uint64_t unlogged = 0;
+  };
+
   Worker(Runtime& runtime, unsigned index);
   ~Worker();
   Worker(const Worker&) = delete;
@@ -54,6 +66,10 @@ class Worker {
   // Session registry, used only on this worker's thread.
   std::list<ClientSession*>::iterator add_session(ClientSession* session);
   void remove_session(std::list<ClientSession*>::iterator it);
+  // A refusal of a connection that a limit turned away, logged at most once a second per
+  // `log` (a flood of refusals must not become a flood of log lines).
+  void log_refusal(RefusalLog& log, LimitHit limit, const std::string& client);
+  RefusalLog& client_limit_log() { return client_limit_log_; }
 
  private:
   struct Listener {
@@ -62,6 +78,14 @@ class Worker {
     std::string address;  // as bound: "0.0.0.0:8443"
   };
   awaitable<void> accept_loop(Listener& listener);
+  // Turns an accepted connection away at once, before any session exists: a short 503 for an
+  // explicit-proxy listener (one non-blocking send), a plain close for a transparent one (its
+  // client speaks TLS or HTTP to someone else). Counted, and logged at most once a second.
+  void refuse_at_accept(tcp::socket& socket, ListenerKind kind, LimitHit limit,
+                        const std::string& client);
+
+  RefusalLog connection_limit_log_;
+  RefusalLog client_limit_log_;
 
   Runtime& runtime_;
   unsigned index_;

@@ -25,6 +25,8 @@ packages=(
   nginx-light
   # hardening: a TLS scanner against the intercepting side, slowloris / slow-read attacks
   testssl.sh slowhttptest
+  # libFuzzer targets (tests/fuzz): clang with its fuzzer runtime
+  clang-16 libclang-rt-16-dev
 )
 
 missing=()

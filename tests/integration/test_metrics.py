@@ -49,6 +49,7 @@ FAMILIES = (
     ("tokgate_captures_total", "counter"),
     ("tokgate_captures_dropped_total", "counter"),
     ("tokgate_websocket_messages_total", "counter"),
+    ("tokgate_limit_hits_total", "counter"),
     ("tokgate_upstream_connect_seconds", "histogram"),
     ("tokgate_upstream_tls_handshake_seconds", "histogram"),
     ("tokgate_request_duration_seconds", "histogram"),
@@ -63,6 +64,12 @@ HANDSHAKE_REASONS = {
     "origin": ("untrusted", "expired", "hostname-mismatch", "timeout", "protocol", "refused",
                "other"),
 }
+LIMITS = ("client-hello-size", "client-hello-timeout", "tls-handshake-client-timeout",
+          "tls-handshake-origin-timeout", "proxy-header-timeout", "request-line-size",
+          "request-header-size", "request-header-fields", "request-header-timeout",
+          "idle-timeout", "body-stall", "response-header-timeout", "response-header-size",
+          "connections", "connections-per-client", "h2-streams", "h2-continuations",
+          "h2-control-flood", "h2-rapid-reset", "websocket-frame-size")
 BUCKETS = ("0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
            "1", "2.5", "5", "10", "30", "+Inf")
 # Every family but these exports all of its series from the start, zeros included.
@@ -77,6 +84,7 @@ EXPECTED_SERIES = {
     "tokgate_cert_cache_total": [{"result": "hit"}, {"result": "mint"}],
     "tokgate_policy_reloads_total": [{"result": "ok"}, {"result": "error"}],
     "tokgate_websocket_messages_total": [{"direction": "up"}, {"direction": "down"}],
+    "tokgate_limit_hits_total": [{"limit": limit} for limit in LIMITS],
     "tokgate_request_duration_seconds": [{"stage": "first_byte"}, {"stage": "total"}],
 }
 

@@ -39,7 +39,11 @@ class EvasionTest(IntegrationTestCase):
         self.assertEqual(self.get("/whoami/other").status, 200)
         for path in ("/whoami/aweme/v1/feed", "/whoami/%61weme/v1/feed",
                      "/whoami/x/../aweme/v1/feed", "/whoami//aweme/v1/feed",
-                     "/whoami/./aweme/v1/feed", "/whoami%2Faweme/v1/feed"):
+                     "/whoami/./aweme/v1/feed", "/whoami%2Faweme/v1/feed",
+                     # found by the http_request fuzz target: dot segments next to "//"
+                     "/.//whoami/aweme/v1/feed", "/..//whoami/aweme/v1/feed",
+                     "/a/../../whoami/aweme/v1/feed", "/whoami/.//aweme/v1/feed",
+                     "/whoami/aweme/./v1/../v1/feed"):
             with self.subTest(path=path):
                 result = self.get(path)
                 self.assertEqual(result.status, 451, result.describe() + self.proxy.context())

@@ -36,7 +36,10 @@ from harness import (ConnectForwarder, IntegrationTestCase, NodeOrigin, curl, lo
 SLOWHTTPTEST = shutil.which("slowhttptest")
 
 HEADER_TIMEOUT_S = 3
-CONFIG = '[timeouts]\nrequest_header = "%ds"\n' % HEADER_TIMEOUT_S
+# One address opens every attack connection (and the prober's): the per-client connection limit
+# (256 by default) is raised so that it is the header timeout that is tested here.
+CONFIG = ('[timeouts]\nrequest_header = "%ds"\n[limits]\nmax_connections_per_client = 10000\n'
+          % HEADER_TIMEOUT_S)
 
 PROBE_INTERVAL = 0.5
 PROBE_TIMEOUT = 5          # seconds curl may take for one probe request: "a few seconds"

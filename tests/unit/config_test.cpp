@@ -64,9 +64,30 @@ void expect_defaults(const Config& c) {
   EXPECT_EQ(c.limits.relay_buffer_bytes, 64u * 1024);
   EXPECT_EQ(c.limits.max_connections, 10'000u);
   EXPECT_EQ(c.limits.leaf_cache_entries, 10'000u);
+  EXPECT_EQ(c.timeouts.proxy_header, 5s);
+  EXPECT_EQ(c.limits.request_line_bytes, 32u * 1024);
+  EXPECT_EQ(c.limits.request_header_fields, 100u);
+  EXPECT_EQ(c.limits.max_connections_per_client, 256u);
+  EXPECT_EQ(c.limits.websocket_frame_bytes, 16u * 1024 * 1024);
+  EXPECT_EQ(c.limits.h2_max_concurrent_streams, 128u);
+  EXPECT_EQ(c.limits.h2_max_continuations, 8u);
+  EXPECT_EQ(c.limits.h2_max_pending_acks, 1000u);
+  EXPECT_EQ(c.limits.h2_reset_burst, 1000u);
+  EXPECT_EQ(c.limits.h2_reset_rate, 33u);
+  EXPECT_TRUE(c.user.empty());
   // The struct's own defaults say the same.
   EXPECT_EQ(c.limits.max_connections, d.limits.max_connections);
   EXPECT_EQ(c.timeouts.idle, d.timeouts.idle);
+  EXPECT_EQ(c.timeouts.proxy_header, d.timeouts.proxy_header);
+  EXPECT_EQ(c.limits.request_line_bytes, d.limits.request_line_bytes);
+  EXPECT_EQ(c.limits.request_header_fields, d.limits.request_header_fields);
+  EXPECT_EQ(c.limits.max_connections_per_client, d.limits.max_connections_per_client);
+  EXPECT_EQ(c.limits.websocket_frame_bytes, d.limits.websocket_frame_bytes);
+  EXPECT_EQ(c.limits.h2_max_concurrent_streams, d.limits.h2_max_concurrent_streams);
+  EXPECT_EQ(c.limits.h2_max_continuations, d.limits.h2_max_continuations);
+  EXPECT_EQ(c.limits.h2_max_pending_acks, d.limits.h2_max_pending_acks);
+  EXPECT_EQ(c.limits.h2_reset_burst, d.limits.h2_reset_burst);
+  EXPECT_EQ(c.limits.h2_reset_rate, d.limits.h2_reset_rate);
 }
 
 TEST(Config, EmptyTextGivesDefaults) {
@@ -243,6 +264,97 @@ leaf_cache = 1
   EXPECT_EQ(c.limits.relay_buffer_bytes, 512u);
   EXPECT_EQ(c.limits.max_connections, 50'000u);
   EXPECT_EQ(c.limits.leaf_cache_entries, 1u);
+}
+
+// Issue 9: every limit has a key; the new ones, each set to something other than its default.
+TEST(Config, LimitKeys) {
+  auto c = parse_ok(R"(
+[proxy]
+user = "tokgate"
+
+[timeouts]
+proxy_header = "750ms"
+
+[limits]
+request_line = "2KiB"
+request_header_fields = 20
+max_connections_per_client = 3
+websocket_frame = "125B"
+h2_max_concurrent_streams = 4
+h2_max_continuations = 0
+h2_max_pending_acks = 10
+h2_reset_burst = 5
+h2_reset_rate = 1
+)");
+  EXPECT_EQ(c.user, "tokgate");
+  EXPECT_EQ(c.timeouts.proxy_header, 750ms);
+  EXPECT_EQ(c.limits.request_line_bytes, 2048u);
+  EXPECT_EQ(c.limits.request_header_fields, 20u);
+  EXPECT_EQ(c.limits.max_connections_per_client, 3u);
+  EXPECT_EQ(c.limits.websocket_frame_bytes, 125u);
+  EXPECT_EQ(c.limits.h2_max_concurrent_streams, 4u);
+  EXPECT_EQ(c.limits.h2_max_continuations, 0u);
+  EXPECT_EQ(c.limits.h2_max_pending_acks, 10u);
+  EXPECT_EQ(c.limits.h2_reset_burst, 5u);
+  EXPECT_EQ(c.limits.h2_reset_rate, 1u);
+  // The upper ends of the ranges are accepted too.
+  auto high = parse_ok(
+      "[limits]\nrequest_line = \"1GiB\"\nrequest_header_fields = 100000\n"
+      "websocket_frame = \"1GiB\"\nh2_max_concurrent_streams = 65535\n"
+      "h2_max_continuations = 1024\nh2_max_pending_acks = 1000000\n"
+      "max_connections_per_client = 10000000\n[timeouts]\nproxy_header = \"24h\"\n");
+  EXPECT_EQ(high.limits.h2_max_concurrent_streams, 65535u);
+  EXPECT_EQ(high.limits.max_connections_per_client, 10'000'000u);
+  EXPECT_EQ(high.timeouts.proxy_header, 24h);
+}
+
+TEST(Config, BadLimitValuesReportTheirPosition) {
+  auto error = parse_error(R"([limits]
+request_line = "100B"
+request_header_fields = 0
+max_connections_per_client = -5
+websocket_frame = "124B"
+h2_max_concurrent_streams = 65536
+h2_max_continuations = 1025
+h2_max_pending_acks = 0
+h2_reset_burst = "many"
+h2_reset_rate = 0
+[timeouts]
+proxy_header = "0ms"
+[proxy]
+user = "-root"
+)");
+  EXPECT_EQ(error,
+            "t.toml:2:16: limits.request_line: size '100B' is out of range (256B..1GiB)\n"
+            "t.toml:3:25: limits.request_header_fields: 0 is out of range (1..100000)\n"
+            "t.toml:4:30: limits.max_connections_per_client: -5 is out of range (1..10000000)\n"
+            "t.toml:5:19: limits.websocket_frame: size '124B' is out of range (125B..1GiB)\n"
+            "t.toml:6:29: limits.h2_max_concurrent_streams: 65536 is out of range (1..65535)\n"
+            "t.toml:7:24: limits.h2_max_continuations: 1025 is out of range (0..1024)\n"
+            "t.toml:8:23: limits.h2_max_pending_acks: 0 is out of range (1..1000000)\n"
+            "t.toml:9:18: limits.h2_reset_burst: expected an integer, got string\n"
+            "t.toml:10:17: limits.h2_reset_rate: 0 is out of range (1..1000000)\n"
+            "t.toml:12:16: timeouts.proxy_header: duration must be greater than zero\n"
+            "t.toml:14:8: proxy.user: bad user name '-root' (1 to 32 letters, digits, '.', '_' "
+            "or '-', not starting with '-')");
+  EXPECT_EQ(parse_error("[proxy]\nuser = \"\"\n").rfind("t.toml:2:8: proxy.user: bad user name", 0),
+            0u);
+  EXPECT_EQ(parse_error("[proxy]\nuser = 0\n"),
+            "t.toml:2:8: proxy.user: expected a string, got integer");
+  EXPECT_EQ(parse_error("[proxy]\nuser = \"a b\"\n").rfind("t.toml:2:8: proxy.user: ", 0), 0u);
+  EXPECT_EQ(parse_error("[limits]\nwebsocket_frames = \"1MiB\"\n"),
+            "t.toml:2:1: unknown key 'websocket_frames' in [limits]");
+}
+
+TEST(Config, UserNames) {
+  for (std::string_view good : {"nobody", "tokgate", "_tokgate", "www-data", "a.b_c-1", "A",
+                                "abcdefghijklmnopqrstuvwxyz012345"}) {
+    EXPECT_TRUE(is_valid_user_name(good)) << good;
+  }
+  for (std::string_view bad :
+       {"", "-x", "a b", "a:b", "a/b", "root\n", "\xc3\xa9", "abcdefghijklmnopqrstuvwxyz0123456"}) {
+    EXPECT_FALSE(is_valid_user_name(bad)) << bad;
+  }
 }
 
 TEST(Config, DottedKeysAndInlineTablesAreTheSame) {

@@ -378,6 +378,7 @@ TEST(Metrics, FreshRegistryExposesEveryFamilyAndParses) {
       {"tokgate_captures_total", "counter"},
       {"tokgate_captures_dropped_total", "counter"},
       {"tokgate_websocket_messages_total", "counter"},
+      {"tokgate_limit_hits_total", "counter"},
       {"tokgate_upstream_connect_seconds", "histogram"},
       {"tokgate_upstream_tls_handshake_seconds", "histogram"},
       {"tokgate_request_duration_seconds", "histogram"},
@@ -511,6 +512,53 @@ TEST(Metrics, HandshakeFailuresCertCacheAndWebSockets) {
   EXPECT_EQ(exposition.value("tokgate_cert_cache_total", {{"result", "mint"}}), 1);
   EXPECT_EQ(exposition.value("tokgate_websocket_messages_total", {{"direction", "up"}}), 3);
   EXPECT_EQ(exposition.value("tokgate_websocket_messages_total", {{"direction", "down"}}), 40);
+}
+
+// Issue 9: one series per limit, all there (at 0) before the first hit, summed over shards.
+TEST(Metrics, LimitHitsArePreDeclaredAndCounted) {
+  const std::vector<std::string> kLimits{"client-hello-size",
+                                         "client-hello-timeout",
+                                         "tls-handshake-client-timeout",
+                                         "tls-handshake-origin-timeout",
+                                         "proxy-header-timeout",
+                                         "request-line-size",
+                                         "request-header-size",
+                                         "request-header-fields",
+                                         "request-header-timeout",
+                                         "idle-timeout",
+                                         "body-stall",
+                                         "response-header-timeout",
+                                         "response-header-size",
+                                         "connections",
+                                         "connections-per-client",
+                                         "h2-streams",
+                                         "h2-continuations",
+                                         "h2-control-flood",
+                                         "h2-rapid-reset",
+                                         "websocket-frame-size"};
+  ASSERT_EQ(kLimits.size(), kLimitHitCount);
+  for (std::size_t i = 0; i < kLimitHitCount; ++i) {
+    EXPECT_EQ(to_string(static_cast<LimitHit>(i)), kLimits[i]);
+  }
+  EXPECT_EQ(to_string(static_cast<LimitHit>(kLimitHitCount)), "?");
+
+  Metrics metrics(3, "t");
+  Exposition fresh = scrape(metrics);
+  EXPECT_EQ(fresh.count_samples("tokgate_limit_hits_total"), kLimitHitCount);
+  for (const auto& limit : kLimits) {
+    EXPECT_EQ(fresh.value("tokgate_limit_hits_total", {{"limit", limit}}), 0) << limit;
+  }
+  metrics.shard(1).limit_hit(LimitHit::request_header_timeout);
+  metrics.shard(2).limit_hit(LimitHit::request_header_timeout);
+  metrics.shard(2).limit_hit(LimitHit::h2_rapid_reset);
+  metrics.shard(0).limit_hit(LimitHit::connections_per_client);
+  metrics.shard(0).limit_hit(static_cast<LimitHit>(kLimitHitCount));  // ignored
+  Exposition after = scrape(metrics);
+  EXPECT_EQ(after.value("tokgate_limit_hits_total", {{"limit", "request-header-timeout"}}), 2);
+  EXPECT_EQ(after.value("tokgate_limit_hits_total", {{"limit", "h2-rapid-reset"}}), 1);
+  EXPECT_EQ(after.value("tokgate_limit_hits_total", {{"limit", "connections-per-client"}}), 1);
+  EXPECT_EQ(after.value("tokgate_limit_hits_total", {{"limit", "websocket-frame-size"}}), 0);
+  EXPECT_EQ(after.count_samples("tokgate_limit_hits_total"), kLimitHitCount);
 }
 
 TEST(Metrics, SinkAndPolicyCounters) {

@@ -162,6 +162,21 @@ TEST(Cidr, V4MappedClientsMatchV4Blocks) {
   EXPECT_FALSE(Cidr::loopback_v6().contains(IpAddress::loopback_v4()));
 }
 
+TEST(Cidr, V4MappedBlocksAreTheV4BlockTheyMap) {
+  // Found by the host fuzz target: the block was compared mapped, the address unmapped.
+  const auto block = Cidr::parse("::ffff:10.0.0.0/104");
+  ASSERT_TRUE(block);
+  EXPECT_TRUE(block->contains(*IpAddress::parse("10.0.0.1")));
+  EXPECT_TRUE(block->contains(*IpAddress::parse("::ffff:10.255.0.1")));
+  EXPECT_FALSE(block->contains(*IpAddress::parse("11.0.0.1")));
+  EXPECT_FALSE(block->contains(*IpAddress::parse("2001:db8::1")));
+  EXPECT_TRUE(Cidr::parse("::ffff:0.0.0.0/96")->contains(*IpAddress::parse("192.0.2.1")));
+  // A v6 block wider than the mapped space contains the v4 addresses it covers.
+  EXPECT_TRUE(Cidr::parse("::ffff:10.0.0.0/4")->contains(*IpAddress::parse("10.0.0.0")));
+  EXPECT_TRUE(Cidr::parse("::/0")->contains(*IpAddress::parse("192.0.2.1")));
+  EXPECT_FALSE(Cidr::parse("2001:db8::/32")->contains(*IpAddress::parse("192.0.2.1")));
+}
+
 TEST(Cidr, RefusesBadInput) {
   for (std::string_view bad : {"", "/8", "10.0.0.0/", "10.0.0.0/33", "::/129", "10.0.0.0/-1",
                                "10.0.0.0/+8", "10.0.0.0/8/8", "10.0.0.0/8 ", "10.0.0/8",
