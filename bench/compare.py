@@ -336,13 +336,21 @@ class Tokgate(Proxy):
         out = subprocess.run([self.lab.args.tokgate, "--version"], capture_output=True, text=True)
         return out.stdout.strip()
 
+    def config(self):
+        path = self.dir / "tokgate.toml"
+        path.write_text("[limits]\nmax_connections_per_client = 100000\n")
+        return path
+
     def start(self):
         # Port 0: the bound port is read from the "event=listening role=proxy" log line.
         self.port = None
         with open(self.log_file, "wb") as out:
             self.process = popen(
                 # Without --intercept, localhost is not a target: the policy splices it.
-                pinned(PROXY_CPU, [self.lab.args.tokgate, "run", "--listen", "127.0.0.1:0",
+                # Every benchmark client is 127.0.0.1: lift the per-client connection limit
+                # (256 by default) above the idle row's connection count.
+                pinned(PROXY_CPU, [self.lab.args.tokgate, "run", "--config", self.config(),
+                                   "--listen", "127.0.0.1:0",
                                    "--admin", "127.0.0.1:0", "--ca-dir", self.lab.ca_dir,
                                    *([] if self.splice else ["--intercept", "*"]),
                                    "--upstream-ca", self.lab.origin_ca,
@@ -488,33 +496,44 @@ def run_proxy(lab, proxy, perf_file=None):
     plan = lab.plan
     pid = proxy.process.pid
     results = {}
+    rows = [r for r in lab.args.rows.split(",") if r]
+
+    def want(key):
+        return not rows or key in rows
+
     # Warm up (not reported): the leaf for the name is minted, code paths and pools are hot.
     loadgen(lab, "conn", proxy=proxy, pid=pid, connections=1, duration=0.2, extra=["--warmup", 2])
     # Memory first, before the other rows leave freed memory behind for new connections to reuse.
-    results["idle"] = loadgen(lab, "idle", proxy=proxy, pid=pid,
-                              connections=plan.idle_connections, extra=["--settle", 1.0])
-    results["conn"] = loadgen(lab, "conn", proxy=proxy, pid=pid,
-                              connections=plan.conn_connections)
-    results["keepalive"] = loadgen(lab, "keepalive", proxy=proxy, pid=pid,
-                                   connections=plan.keepalive_connections,
-                                   perf=perf_file if isinstance(proxy, Tokgate) else None)
-    results["h2"] = loadgen(lab, "h2", proxy=proxy, pid=pid, connections=plan.h2_connections,
-                            extra=["--streams", plan.h2_streams, "--h2-streams-per-connection",
-                                   plan.h2_streams_per_connection])
-    results["bulk"] = loadgen(lab, "keepalive", proxy=proxy, pid=pid, path="/1m",
-                              connections=plan.bulk_connections)
+    if want("idle"):
+        results["idle"] = loadgen(lab, "idle", proxy=proxy, pid=pid,
+                                  connections=plan.idle_connections, extra=["--settle", 1.0])
+    if want("conn"):
+        results["conn"] = loadgen(lab, "conn", proxy=proxy, pid=pid,
+                                  connections=plan.conn_connections)
+    if want("keepalive"):
+        results["keepalive"] = loadgen(lab, "keepalive", proxy=proxy, pid=pid,
+                                       connections=plan.keepalive_connections,
+                                       perf=perf_file if isinstance(proxy, Tokgate) else None)
+    if want("h2"):
+        results["h2"] = loadgen(lab, "h2", proxy=proxy, pid=pid, connections=plan.h2_connections,
+                                extra=["--streams", plan.h2_streams, "--h2-streams-per-connection",
+                                       plan.h2_streams_per_connection])
+    if want("bulk"):
+        results["bulk"] = loadgen(lab, "keepalive", proxy=proxy, pid=pid, path="/1m",
+                                  connections=plan.bulk_connections)
     # "Added" latency: the baseline is the same fixed-rate load straight to nginx, in rounds
     # alternating with the proxied ones.
     direct, proxied = [], []
     rate = ["--rate", plan.rate, "--samples"]
-    for _ in range(plan.rate_rounds):
+    for _ in range(plan.rate_rounds if want("latency") else 0):
         direct.append(loadgen(lab, "rate", connections=plan.rate_connections,
                               duration=plan.rate_duration, extra=rate))
         proxied.append(loadgen(lab, "rate", proxy=proxy, pid=pid,
                                connections=plan.rate_connections, duration=plan.rate_duration,
                                extra=rate))
-    results["latency_direct"] = merge_runs(direct)
-    results["latency"] = merge_runs(proxied)
+    if want("latency"):
+        results["latency_direct"] = merge_runs(direct)
+        results["latency"] = merge_runs(proxied)
     return results
 
 
@@ -778,6 +797,9 @@ def main():
     parser.add_argument("--json", help="write every raw result to this file")
     parser.add_argument("--perf", help="perf record tokgate's keep-alive row into this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--rows", default="",
+                        help="only these rows, comma-separated keys (conn,keepalive,h2,bulk,idle,"
+                             "latency,splice_conn,splice_bulk); default all")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the finally below stops every process and removes files.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -827,6 +849,8 @@ def main():
                 status = 1
             finally:
                 proxy.stop()
+            if args.rows and not any(r.startswith("splice") for r in args.rows.split(",")):
+                continue
             spliced = PROXIES[proxy.name](lab, splice=True)
             try:
                 spliced.start()

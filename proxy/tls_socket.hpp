@@ -240,6 +240,7 @@ class TlsSocket {
 
   void attach(boost::asio::ssl::context& context);
   void release_idle_buffers();
+  void return_output_buffer();
   error_code error_from(int ssl_result, int ssl_error);
 
   socket_type socket_;
