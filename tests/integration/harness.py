@@ -284,6 +284,12 @@ class LineCollector:
                 self.closed = True
                 self._cond.notify_all()
 
+    def wait_closed(self, timeout):
+        """Waits until the stream has ended and every line of it is kept (a process that has
+        exited may still have lines in the pipe that this thread has not read yet)."""
+        self._thread.join(timeout)
+        return self.closed
+
     def wait_for(self, predicate, timeout, what, start=0):
         """Returns the first line at index >= start satisfying predicate; fails at the deadline
         or when the stream ends without one."""

@@ -864,6 +864,8 @@ class ClientSideTest(IntegrationTestCase):
                     lines.wait_for(lambda l: l.startswith("HTTP/1.1 "), timeout, "a response")
                 except (BrokenPipeError, AssertionError):
                     pass
+            if process.poll() is not None:
+                lines.wait_closed(timeout)  # its last words (the alert) may still be in the pipe
             return "\n".join(lines.snapshot())
         finally:
             process.kill()
