@@ -25,7 +25,7 @@ inline bool fuzz_strict() {
   return strict;
 }
 
-#define FUZZ_CHECK_KNOWN_BUG(condition) \
-  do {                                  \
+#define FUZZ_CHECK_KNOWN_BUG(condition)       \
+  do {                                        \
     if (fuzz_strict()) FUZZ_CHECK(condition); \
   } while (0)
