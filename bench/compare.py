@@ -28,6 +28,7 @@ import platform
 import pwd
 import re
 import shutil
+import urllib.request
 import signal
 import socket
 import subprocess
@@ -370,6 +371,22 @@ class Tokgate(Proxy):
         if self.port is None:
             raise RuntimeError("tokgate did not start%s" % tail(self.log_file))
         self.wait_ready()
+
+    def origin_handshakes(self):
+        """(full, resumed) origin TLS handshakes so far, from the admin server's /metrics."""
+        match = re.search(r"event=listening role=admin\b[^\n]*? address=127\.0\.0\.1:(\d+)",
+                          self.log_file.read_text(errors="replace"))
+        if not match:
+            return None
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%s/metrics" % match.group(1),
+                                        timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        counts = dict(re.findall(
+            r'(?m)^tokgate_origin_handshakes_total\{resumed="(yes|no)"\} ([0-9.e+]+)$', text))
+        return int(float(counts.get("no", 0))), int(float(counts.get("yes", 0)))
 
 
 class Mitmproxy(Proxy):
@@ -820,6 +837,7 @@ def main():
     lab = Lab(args, plan)
     proxies = []
     results = {}
+    notes = []
     status = 0
     try:
         wanted = [n.strip() for n in args.proxies.split(",") if n.strip()]
@@ -844,6 +862,12 @@ def main():
             try:
                 proxy.start()
                 results[proxy.name] = run_proxy(lab, proxy, args.perf)
+                if isinstance(proxy, Tokgate):
+                    handshakes = proxy.origin_handshakes()
+                    if handshakes:
+                        notes.append("tokgate's origin handshakes in its intercepting run: %d full, "
+                                     "%d resumed (a TLS session an earlier client connection left "
+                                     "with the worker)." % handshakes)
             except (RuntimeError, subprocess.SubprocessError, OSError) as e:
                 log("%s: %s" % (proxy.name, e))
                 status = 1
@@ -868,6 +892,8 @@ def main():
                     status = 1
         machine["seconds"] = round(time.monotonic() - started, 1)
         print(report(lab, proxies, results, machine))
+        for note in notes:
+            print("\n" + note)
         print()
         print("Machine: %s, %s CPUs, Linux %s, load average at start %s; %s; run took %.0f s." % (
             machine["cpu"], machine["cpus"], machine["kernel"], " ".join(machine["loadavg"]),

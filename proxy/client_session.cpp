@@ -1032,6 +1032,8 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
     server_lowest_ = &attempt_stream.next_layer();
     auto offer = server_side_alpn_offer(hello.alpn, attempt > 0);
     prepare_server_side_tls(attempt_stream.native_handle(), name, offer);
+    worker_.tls().origin_sessions().offer(attempt_stream.native_handle(),
+                                          OriginSessionCache::key(name, target.port));
     deadline_.set(config_.timeouts.tls_handshake, "server-tls-handshake");
     std::tie(sec) =
         co_await attempt_stream.async_handshake(asio::ssl::stream_base::client, use_nothrow);
@@ -1072,6 +1074,7 @@ awaitable<void> ClientSession::intercept(tcp::socket server_socket, const Client
   } else {
     facts_.tls_ms = ms_since(tls_started);
     facts_.server_tls = SSL_get_version(server.native_handle());
+    worker_.metrics().origin_handshake(SSL_session_reused(server.native_handle()) == 1);
     origin_certificate.reset(SSL_get1_peer_certificate(server.native_handle()));
     const unsigned char* selected = nullptr;
     unsigned selected_length = 0;

@@ -96,7 +96,8 @@ awaitable<void> ClientSession::serve_multiplexed(TlsStream& client, TlsStream& s
     origin_h2.emplace(server, H2Connection::Role::client, h2_settings(config_, false));
     mux.origin_h2 = &*origin_h2;
   } else if (!server_failure) {
-    mux.pool.emplace(executor, config_, worker_.tls(), name, port, kOriginConnectionsPerClient);
+    mux.pool.emplace(executor, config_, worker_.tls(), worker_.metrics(), name, port,
+                     kOriginConnectionsPerClient);
     mux.pool->adopt(server);
   }
 

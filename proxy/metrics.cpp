@@ -457,6 +457,15 @@ std::string Metrics::render_prometheus() const {
                }));
   }
 
+  out.family("tokgate_origin_handshakes_total", "counter",
+             "TLS handshakes with origins that succeeded; resumed=yes: with a session kept from "
+             "an earlier connection (no certificate chain sent or verified).");
+  for (std::size_t resumed = 0; resumed < 2; ++resumed) {
+    out.sample(
+        "tokgate_origin_handshakes_total", {{"resumed", resumed == 1 ? "yes" : "no"}},
+        total([resumed](const MetricsShard& s) -> auto& { return s.origin_handshakes_[resumed]; }));
+  }
+
   out.family("tokgate_cert_cache_total", "counter",
              "Leaf certificate lookups: hit = from the cache, mint = newly signed.");
   for (std::size_t result = 0; result < kCertCacheResultCount; ++result) {

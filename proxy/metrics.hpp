@@ -150,6 +150,8 @@ class alignas(64) MetricsShard {
 
   void client_handshake_failed(ClientHandshakeFailure reason);
   void origin_handshake_failed(OriginHandshakeFailure reason);
+  // An origin handshake that succeeded: resumed (a cached session) or full.
+  void origin_handshake(bool resumed) { origin_handshakes_[resumed ? 1 : 0].add(1); }
   void cert_cache(CertCacheResult result);
   void websocket_messages(Direction direction, uint64_t count);
   void limit_hit(LimitHit limit);
@@ -191,6 +193,7 @@ class alignas(64) MetricsShard {
   std::array<Counter, kClientHandshakeFailureCount> client_handshake_failures_;
   std::array<Counter, kOriginHandshakeFailureCount> origin_handshake_failures_;
   std::array<Counter, kCertCacheResultCount> cert_cache_;
+  std::array<Counter, 2> origin_handshakes_;  // [resumed]
   std::array<Counter, kDirectionCount> websocket_messages_;
   std::array<Counter, kLimitHitCount> limit_hits_;
   std::array<HistogramCells, kHistogramCount> histograms_;

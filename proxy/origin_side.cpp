@@ -13,6 +13,7 @@
 
 #include "proxy/config.hpp"
 #include "proxy/http_relay.hpp"
+#include "proxy/metrics.hpp"
 #include "proxy/resolver.hpp"
 #include "proxy/tls_contexts.hpp"
 
@@ -107,10 +108,12 @@ HeaderList end_to_end_fields(const http::fields& fields) {
 // --- the HTTP/1.1 pool ------------------------------------------------------------------------
 
 OriginPool::OriginPool(asio::any_io_executor executor, const Config& config, TlsContexts& tls,
-                       std::string name, uint16_t port, std::size_t max_connections)
+                       MetricsShard& metrics, std::string name, uint16_t port,
+                       std::size_t max_connections)
     : executor_(std::move(executor)),
       config_(config),
       tls_(tls),
+      metrics_(metrics),
       name_(std::move(name)),
       port_(port),
       max_connections_(std::max<std::size_t>(1, max_connections)),
@@ -118,7 +121,6 @@ OriginPool::OriginPool(asio::any_io_executor executor, const Config& config, Tls
 
 OriginPool::~OriginPool() {
   close_all();
-  if (session_ != nullptr) SSL_SESSION_free(session_);
 }
 
 void OriginPool::adopt(TlsStream& connection) {
@@ -195,7 +197,7 @@ awaitable<std::expected<std::unique_ptr<OriginConnection>, Failure>> OriginPool:
   SSL* ssl = connection->stream->native_handle();
   static const std::vector<std::string> kOffer{"http/1.1"};
   prepare_server_side_tls(ssl, name_, kOffer);
-  if (session_ != nullptr) SSL_set_session(ssl, session_);
+  tls_.origin_sessions().offer(ssl, OriginSessionCache::key(name_, port_));
   deadline.set(config_.timeouts.tls_handshake, "server-tls-handshake");
   auto [ec] =
       co_await connection->stream->async_handshake(asio::ssl::stream_base::client, use_nothrow);
@@ -207,21 +209,12 @@ awaitable<std::expected<std::unique_ptr<OriginConnection>, Failure>> OriginPool:
                                   : Failure{http::status::bad_gateway, "upstream-tls",
                                             name_ + ": " + describe_server_tls_failure(ssl, ec)});
   }
+  metrics_.origin_handshake(SSL_session_reused(ssl) == 1);
   co_return connection;
 }
 
 void OriginPool::give_back(std::unique_ptr<OriginConnection> connection, bool reusable) {
   std::erase(leased_, connection.get());
-  SSL* ssl = connection->stream->native_handle();
-  if (session_ == nullptr || SSL_SESSION_is_resumable(session_) == 0) {
-    SSL_SESSION* session = SSL_get1_session(ssl);
-    if (session != nullptr && SSL_SESSION_is_resumable(session) == 1) {
-      if (session_ != nullptr) SSL_SESSION_free(session_);
-      session_ = session;
-    } else if (session != nullptr) {
-      SSL_SESSION_free(session);
-    }
-  }
   if (reusable && !closed_) {
     idle_.push_back(std::move(connection));
   } else {

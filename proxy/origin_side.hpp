@@ -25,6 +25,7 @@ namespace tokgate::proxy {
 
 struct Config;
 class TlsContexts;
+class MetricsShard;
 
 // A request as the origin should get it, whatever protocol the client spoke.
 struct OriginRequest {
@@ -88,7 +89,7 @@ struct OriginConnection {
 class OriginPool {
  public:
   OriginPool(asio::any_io_executor executor, const Config& config, TlsContexts& tls,
-             std::string name, uint16_t port, std::size_t max_connections);
+             MetricsShard& metrics, std::string name, uint16_t port, std::size_t max_connections);
   ~OriginPool();
   OriginPool(const OriginPool&) = delete;
   OriginPool& operator=(const OriginPool&) = delete;
@@ -109,6 +110,7 @@ class OriginPool {
   asio::any_io_executor executor_;
   const Config& config_;
   TlsContexts& tls_;
+  MetricsShard& metrics_;
   std::string name_;
   uint16_t port_;
   std::size_t max_connections_;
@@ -117,7 +119,6 @@ class OriginPool {
   std::vector<std::unique_ptr<OriginConnection>> idle_;
   std::vector<OriginConnection*> leased_;
   Signal released_;
-  SSL_SESSION* session_ = nullptr;  // resumed by every new connection: one full handshake
   bool closed_ = false;
 };
 

@@ -116,6 +116,7 @@ TlsContexts::TlsContexts(const Config& config, KeyLog* keylog)
       ss, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
   SSL_CTX_set_mode(ss, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_verify(ss, SSL_VERIFY_PEER, nullptr);
+  origin_sessions_.attach(ss);
   if (config.system_trust) check(SSL_CTX_set_default_verify_paths(ss), "system trust store");
   for (const auto& file : config.extra_ca_files) {
     if (SSL_CTX_load_verify_locations(ss, file.c_str(), nullptr) != 1) {

@@ -12,6 +12,7 @@
 #include "proxy/asio_types.hpp"
 #include "proxy/config.hpp"
 #include "proxy/keylog.hpp"
+#include "proxy/origin_sessions.hpp"
 
 namespace tokgate::proxy {
 
@@ -25,8 +26,11 @@ class TlsContexts {
   asio::ssl::context& client_side() { return client_side_; }
   // We are the TLS client toward origins: verification on, TLS >= 1.2, AEAD suites only.
   asio::ssl::context& server_side() { return server_side_; }
+  // The origins' sessions of server_side(), resumed across client connections.
+  OriginSessionCache& origin_sessions() { return origin_sessions_; }
 
  private:
+  OriginSessionCache origin_sessions_;  // declared first: outlives the contexts
   asio::ssl::context client_side_;
   asio::ssl::context server_side_;
 };

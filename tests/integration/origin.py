@@ -205,10 +205,12 @@ class OriginHandler(BaseHTTPRequestHandler):
         tls_version = None
         cipher = None
         alpn = None
+        session_reused = None
         if isinstance(self.connection, ssl.SSLSocket):
             tls_version = self.connection.version()
             cipher = (self.connection.cipher() or (None,))[0]
             alpn = self.connection.selected_alpn_protocol()
+            session_reused = self.connection.session_reused
         self._send_json(200, {
             "scheme": self.server.scheme,
             "sni": self._sni(),
@@ -221,6 +223,7 @@ class OriginHandler(BaseHTTPRequestHandler):
             "tls_version": tls_version,
             "cipher": cipher,
             "alpn": alpn,
+            "session_reused": session_reused,
             "headers": [[k, v] for k, v in self.headers.items()],
         })
 

@@ -4,7 +4,7 @@ openssl s_client clients."""
 import re
 import unittest
 
-from harness import IntegrationTestCase, cert_info, curl, s_client
+from harness import IntegrationTestCase, admin_get, cert_info, curl, s_client
 
 # Names the good origin certificate carries besides the SNI (see harness.GOOD_NAMES).
 ORIGIN_EXTRA_NAMES = ("example.org", "api16-normal-c-useast1a.tiktokv.com")
@@ -113,6 +113,63 @@ class InterceptTest(IntegrationTestCase):
         after = {(r["sni"], r["path"]) for r in self.origin.requests()}
         self.assertFalse({p for p in after - before if p[1] == "/whoami?never"},
                          "a request reached an origin whose certificate failed verification")
+
+
+def origin_handshakes(proxy, resumed):
+    """tokgate_origin_handshakes_total{resumed=...} from /metrics."""
+    status, _, body = admin_get(proxy, "/metrics")
+    if status != 200:
+        raise AssertionError("/metrics answered %d" % status)
+    found = re.search(r'(?m)^tokgate_origin_handshakes_total\{resumed="%s"\} ([0-9.e+]+)$'
+                      % resumed, body.decode())
+    if not found:
+        raise AssertionError("no tokgate_origin_handshakes_total{resumed=%s}" % resumed)
+    return float(found.group(1))
+
+
+class OriginSessionResumptionTest(IntegrationTestCase):
+    """The origin handshake of a new client connection resumes a TLS session an earlier client
+    connection to the same origin (name and port) left with the worker; one worker here so that
+    every connection meets the same cache."""
+
+    def setUp(self):
+        self.proxy = self.start_tokgate(
+            args=self.intercept_args("*.tiktok.com", "example.org", "expired.test") +
+            ["--workers", "1"])
+
+    def fetch(self, host):
+        url = "https://%s:%d/whoami" % (host, self.origin.https_port)
+        result = curl(url, proxy=self.proxy.url, cacert=self.proxy.ca_pem)
+        self.assertEqual(result.status, 200, result.describe() + self.proxy.context())
+        # The leaf is still minted from the origin's certificate on a resumed handshake.
+        self.assertEqual(result.info.get("ssl_verify_result"), 0, result.info)
+        seen = result.json()
+        self.assertEqual(seen["sni"], host, seen)
+        self.assertEqual(seen["tls_version"], "TLSv1.3", seen)
+        return seen["session_reused"]
+
+    def test_later_connections_resume_and_names_do_not_share(self):
+        # Each curl is a new client connection (new CONNECT, new client handshake).
+        self.assertEqual([self.fetch("www.tiktok.com") for _ in range(3)], [False, True, True])
+        # Another name on the same origin server (which would accept the ticket): no session
+        # is offered, since a resumed handshake is not verified against the new name.
+        self.assertFalse(self.fetch("example.org"))
+        self.assertTrue(self.fetch("example.org"))
+        self.assertTrue(self.fetch("www.tiktok.com"))
+        self.assertEqual((origin_handshakes(self.proxy, "no"), origin_handshakes(self.proxy, "yes")),
+                         (2.0, 4.0))
+
+    def test_verification_is_not_skipped_for_another_name(self):
+        # Sessions for good names on the same server do not carry over to a name whose
+        # certificate is expired: its handshake is a full one and fails verification.
+        for _ in range(2):
+            self.fetch("www.tiktok.com")
+        result = curl("https://expired.test:%d/whoami" % self.origin.https_port,
+                      proxy=self.proxy.url, cacert=self.proxy.ca_pem)
+        self.assertEqual(result.status, 502, result.describe())
+        self.assertIn("certificate has expired", result.body.decode(errors="replace"))
+        self.assertEqual((origin_handshakes(self.proxy, "no"), origin_handshakes(self.proxy, "yes")),
+                         (1.0, 1.0))
 
 
 if __name__ == "__main__":

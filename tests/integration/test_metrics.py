@@ -40,6 +40,7 @@ FAMILIES = (
     ("tokgate_requests_total", "counter"),
     ("tokgate_bytes_total", "counter"),
     ("tokgate_handshake_failures_total", "counter"),
+    ("tokgate_origin_handshakes_total", "counter"),
     ("tokgate_cert_cache_total", "counter"),
     ("tokgate_policy_reloads_total", "counter"),
     ("tokgate_policy_loaded_timestamp_seconds", "gauge"),
@@ -81,6 +82,7 @@ EXPECTED_SERIES = {
     "tokgate_handshake_failures_total": [{"side": s, "reason": r}
                                          for s, reasons in HANDSHAKE_REASONS.items()
                                          for r in reasons],
+    "tokgate_origin_handshakes_total": [{"resumed": "no"}, {"resumed": "yes"}],
     "tokgate_cert_cache_total": [{"result": "hit"}, {"result": "mint"}],
     "tokgate_policy_reloads_total": [{"result": "ok"}, {"result": "error"}],
     "tokgate_websocket_messages_total": [{"direction": "up"}, {"direction": "down"}],

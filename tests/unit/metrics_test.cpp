@@ -369,6 +369,7 @@ TEST(Metrics, FreshRegistryExposesEveryFamilyAndParses) {
       {"tokgate_requests_total", "counter"},
       {"tokgate_bytes_total", "counter"},
       {"tokgate_handshake_failures_total", "counter"},
+      {"tokgate_origin_handshakes_total", "counter"},
       {"tokgate_cert_cache_total", "counter"},
       {"tokgate_policy_reloads_total", "counter"},
       {"tokgate_policy_loaded_timestamp_seconds", "gauge"},
@@ -494,6 +495,10 @@ TEST(Metrics, HandshakeFailuresCertCacheAndWebSockets) {
   shard.cert_cache(CertCacheResult::mint);
   shard.cert_cache(CertCacheResult::hit);
   shard.cert_cache(CertCacheResult::hit);
+  shard.origin_handshake(false);
+  shard.origin_handshake(true);
+  shard.origin_handshake(true);
+  shard.origin_handshake(true);
   shard.websocket_messages(Direction::up, 3);
   shard.websocket_messages(Direction::down, 40);
   Exposition exposition = scrape(metrics);
@@ -510,6 +515,8 @@ TEST(Metrics, HandshakeFailuresCertCacheAndWebSockets) {
             kClientHandshakeFailureCount + kOriginHandshakeFailureCount);
   EXPECT_EQ(exposition.value("tokgate_cert_cache_total", {{"result", "hit"}}), 2);
   EXPECT_EQ(exposition.value("tokgate_cert_cache_total", {{"result", "mint"}}), 1);
+  EXPECT_EQ(exposition.value("tokgate_origin_handshakes_total", {{"resumed", "no"}}), 1);
+  EXPECT_EQ(exposition.value("tokgate_origin_handshakes_total", {{"resumed", "yes"}}), 3);
   EXPECT_EQ(exposition.value("tokgate_websocket_messages_total", {{"direction", "up"}}), 3);
   EXPECT_EQ(exposition.value("tokgate_websocket_messages_total", {{"direction", "down"}}), 40);
 }
