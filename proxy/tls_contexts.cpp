@@ -109,6 +109,10 @@ TlsContexts::TlsContexts(const Config& config, KeyLog* keylog)
                               SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
   SSL_CTX_set_mode(cs, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_alpn_select_cb(cs, select_alpn, nullptr);
+  // One TLS 1.3 ticket per connection instead of OpenSSL's two: a client resumes with one and
+  // gets a new one each time; the second costs a session copy, an encryption and a record per
+  // connection (the new-connection row: 1.12 against 1.17 ms in four alternating runs).
+  SSL_CTX_set_num_tickets(cs, 1);
 
   SSL_CTX* ss = server_side_.native_handle();
   apply_protocol_floor(ss, kServerSideCiphers12, "server side");
