@@ -1514,7 +1514,13 @@ awaitable<std::expected<ClientSession::ExchangeResult, Failure>> ClientSession::
   http::response_serializer<http::buffer_body> response_serializer{response};
   deadline_.set(config_.timeouts.io_stall, "response-send");
   response_started = true;
-  auto [wec, wn] = co_await http::async_write_header(client, response_serializer, use_nothrow);
+  // A body already received with the head leaves with it, in one send (relay_body writes the
+  // head then); otherwise the head goes now, whatever the body does next.
+  error_code wec;
+  if (!response_parser->is_done() && server_buffer.size() == 0) {
+    auto [hec, hn] = co_await http::async_write_header(client, response_serializer, use_nothrow);
+    wec = hec;
+  }
   BodyResult response_result;
   if (wec) {
     response_result = BodyResult{BodyOutcome::write_failed, wec};

@@ -38,9 +38,11 @@ struct BodyResult {
   error_code error;
 };
 
-// Streams the rest of a message from `in` to `out`: the head was parsed by `parser` and has
-// already been written through `serializer`. Every chunk moves the deadline forward by `stall`,
-// so a body may take as long as it needs while it keeps moving.
+// Streams the rest of a message from `in` to `out`: the head was parsed by `parser`. If
+// `serializer` has not written the head yet, it leaves with the first body bytes (one send for
+// a small message); the caller holds it back only when those bytes are already at hand, so a
+// head is never delayed by a body that has yet to come. Every chunk moves the deadline forward
+// by `stall`, so a body may take as long as it needs while it keeps moving.
 // The first bytes of a body, kept for a HAR capture while it streams past.
 struct BodyCapture {
   std::string bytes;
@@ -89,7 +91,13 @@ awaitable<BodyResult> relay_body(InStream& in, beast::flat_buffer& in_buffer,
       body.size = chunk.size() - body.size;
       // A read may parse framing (a chunk header) and no body byte: nothing to write then; an
       // empty piece would even end a chunked body early ("0\r\n\r\n").
-      if (body.size == 0 && !parser.is_done() && !read_error) continue;
+      if (body.size == 0 && !parser.is_done() && !read_error) {
+        if (!serializer.is_header_done()) {
+          auto [hec, hn] = co_await http::async_write_header(out, serializer, use_nothrow);
+          if (hec) co_return BodyResult{BodyOutcome::write_failed, hec};
+        }
+        continue;
+      }
       body.data = chunk.data();
       body.more = !parser.is_done();
       bytes += body.size;
@@ -99,6 +107,8 @@ awaitable<BodyResult> relay_body(InStream& in, beast::flat_buffer& in_buffer,
         if (body.size > 0) {
           body.more = true;
           co_await http::async_write(out, serializer, use_nothrow);
+        } else if (!serializer.is_header_done()) {
+          co_await http::async_write_header(out, serializer, use_nothrow);
         }
         co_return BodyResult{BodyOutcome::read_failed, read_error};
       }

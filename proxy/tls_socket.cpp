@@ -268,37 +268,67 @@ TlsSocket::Progress TlsSocket::read_step(asio::mutable_buffer buffer, std::size_
   return Progress::done;
 }
 
-TlsSocket::Progress TlsSocket::write_step(std::span<const asio::const_buffer> buffers,
-                                          std::size_t& transferred, error_code& ec) {
-  // Resumes after `transferred` bytes: all buffers are written, as long as the BIO takes them.
-  std::size_t skip = transferred;
+namespace {
+// Small pieces of a write (the lines of a head, a chunk's size line) are gathered into one record:
+// a record per piece would cost a seal and 22 bytes each (a head of eight fields was eight
+// records). One record's worth, per worker thread.
+constexpr std::size_t kGatherLimit = 16 * 1024;
+thread_local std::unique_ptr<char[]> gather_buffer;
+
+// Copies the bytes of `buffers` after `skip` into `out`, up to `limit`; returns how many.
+std::size_t gather(std::span<const asio::const_buffer> buffers, std::size_t skip, char* out,
+                   std::size_t limit) {
+  std::size_t size = 0;
   for (const auto& buffer : buffers) {
+    if (size == limit) break;
     if (skip >= buffer.size()) {
       skip -= buffer.size();
       continue;
     }
-    const auto* data = static_cast<const char*>(buffer.data()) + skip;
-    std::size_t left = buffer.size() - skip;
+    const std::size_t n = std::min(buffer.size() - skip, limit - size);
+    std::memcpy(out + size, static_cast<const char*>(buffer.data()) + skip, n);
+    size += n;
     skip = 0;
-    while (left > 0) {
-      ERR_clear_error();
-      socket_errno_ = 0;
-      std::size_t n = 0;
-      const int result = SSL_write_ex(ssl_, data, left, &n);
-      if (result == 1) {
-        transferred += n;
-        data += n;
-        left -= n;
-        continue;
-      }
-      const int error = SSL_get_error(ssl_, result);
-      if (error == SSL_ERROR_WANT_WRITE) return Progress::want_write;
-      if (error == SSL_ERROR_WANT_READ) return Progress::want_read;
-      ec = error_from(result, error);
-      return Progress::done;
-    }
   }
-  return Progress::done;
+  return size;
+}
+}  // namespace
+
+TlsSocket::Progress TlsSocket::write_step(std::span<const asio::const_buffer> buffers,
+                                          std::size_t& transferred, error_code& ec) {
+  // Resumes after `transferred` bytes: all buffers are written, as long as the BIO takes them.
+  // A retry after WANT_WRITE passes the same bytes again (gathering is deterministic), which is
+  // what OpenSSL asks of a retried SSL_write (the address may move: ACCEPT_MOVING_WRITE_BUFFER).
+  for (;;) {
+    // The piece where the write resumes, and whether more follow it.
+    std::size_t skip = transferred;
+    std::size_t index = 0;
+    while (index < buffers.size() && skip >= buffers[index].size()) {
+      skip -= buffers[index].size();
+      ++index;
+    }
+    if (index == buffers.size()) return Progress::done;
+    const char* data = static_cast<const char*>(buffers[index].data()) + skip;
+    std::size_t left = buffers[index].size() - skip;
+    if (left < kGatherLimit && index + 1 < buffers.size()) {
+      if (!gather_buffer) gather_buffer = std::make_unique_for_overwrite<char[]>(kGatherLimit);
+      left = gather(buffers, transferred, gather_buffer.get(), kGatherLimit);
+      data = gather_buffer.get();
+    }
+    ERR_clear_error();
+    socket_errno_ = 0;
+    std::size_t n = 0;
+    const int result = SSL_write_ex(ssl_, data, left, &n);
+    if (result == 1) {
+      transferred += n;
+      continue;
+    }
+    const int error = SSL_get_error(ssl_, result);
+    if (error == SSL_ERROR_WANT_WRITE) return Progress::want_write;
+    if (error == SSL_ERROR_WANT_READ) return Progress::want_read;
+    ec = error_from(result, error);
+    return Progress::done;
+  }
 }
 
 TlsSocket::Progress TlsSocket::shutdown_step(error_code& ec) {
