@@ -482,6 +482,20 @@ awaitable<void> ClientSession::send_failure(ClientStream& client, unsigned versi
   co_await http::async_write(client, response, use_nothrow);
 }
 
+namespace {
+// Completes when `stream` has input to read (or failed): TLS bytes OpenSSL already holds count.
+awaitable<std::tuple<error_code>> wait_readable(TlsStream& stream) {
+  if (!stream.read_would_block()) co_return std::tuple<error_code>{};
+  stream.release_buffers_while_idle();
+  auto [ec] = co_await stream.next_layer().async_wait(tcp::socket::wait_read, use_nothrow);
+  co_return std::tuple<error_code>{ec};
+}
+awaitable<std::tuple<error_code>> wait_readable(tcp::socket& socket) {
+  auto [ec] = co_await socket.async_wait(tcp::socket::wait_read, use_nothrow);
+  co_return std::tuple<error_code>{ec};
+}
+}  // namespace
+
 template <class ClientStream>
 awaitable<bool> ClientSession::read_request_head(ClientStream& client, beast::flat_buffer& buffer,
                                                  RequestParser& parser, bool first) {
@@ -498,6 +512,14 @@ awaitable<bool> ClientSession::read_request_head(ClientStream& client, beast::fl
       deadline_.set(config_.timeouts.request_header, "first-request");
     } else {
       deadline_.set(config_.timeouts.idle, "idle");
+    }
+    if (!first) {
+      // Readiness first, then a buffer: an idle connection holds none while it waits.
+      auto [wait_error] = co_await wait_readable(client);
+      if (wait_error) {
+        idle_ = false;
+        co_return false;
+      }
     }
     auto [ec, n] = co_await client.async_read_some(
         buffer.prepare(std::min<std::size_t>(4096, buffer.max_size())), use_nothrow);
@@ -889,6 +911,7 @@ awaitable<void> ClientSession::serve_connect(const Target& target,
   hello_bytes.insert(hello_bytes.end(), static_cast<const uint8_t*>(leftover.data()),
                      static_cast<const uint8_t*>(leftover.data()) + leftover.size());
   client_buffer.consume(client_buffer.size());
+  client_buffer.shrink_to_fit();  // the CONNECT is done with: the tunnel holds no 4 KiB for it
   std::optional<std::expected<ClientHello, ClientHelloError>> read =
       co_await read_client_hello(hello_bytes, target.host);
   if (!read) co_return;
@@ -985,7 +1008,11 @@ ClientSession::read_client_hello(std::vector<uint8_t>& bytes, const std::string&
     if (!hello && hello.error() == ClientHelloError::too_large) {
       count_limit(LimitHit::client_hello_size);
     }
-    if (hello || hello.error() != ClientHelloError::need_more) co_return hello;
+    if (hello || hello.error() != ClientHelloError::need_more) {
+      // The bytes stay with the connection until its handshake: not the 16 KiB read buffer.
+      bytes.shrink_to_fit();
+      co_return hello;
+    }
     std::size_t old_size = bytes.size();
     bytes.resize(std::min(limit, old_size + 16 * 1024));
     auto [ec, n] = co_await client_socket_.async_read_some(
@@ -1169,7 +1196,10 @@ awaitable<void> ClientSession::serve_intercepted(ClientStream& client, ServerStr
   take_preread(client_buffer);
   beast::flat_buffer server_buffer(config_.limits.response_header_bytes + 16 * 1024);
   for (bool first = true;; first = false) {
-    if (!first) release_idle_memory(client_buffer, server_buffer);
+    if (!first) {
+      release_idle_memory(client_buffer, server_buffer);
+      if constexpr (std::is_same_v<ServerStream, TlsStream>) server.release_buffers_while_idle();
+    }
     RequestParser parser;
     if (!co_await read_request_head(client, client_buffer, parser, first)) co_return;
     auto& request = parser.get();

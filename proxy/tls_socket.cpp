@@ -189,6 +189,14 @@ bool TlsSocket::read_would_block() const noexcept {
   return drained_ && preread_offset_ >= preread_.size() && SSL_has_pending(ssl_) == 0;
 }
 
+void TlsSocket::release_buffers_while_idle() {
+  if (has_output()) return;
+  return_output_buffer();
+  // OpenSSL keeps a read buffer (~17 KiB) after the last record on some paths even with
+  // SSL_MODE_RELEASE_BUFFERS; this fails harmlessly (keeps it) if unread bytes are in it.
+  SSL_free_buffers(ssl_);
+}
+
 void TlsSocket::release_idle_buffers() {
   if (!has_output()) return_output_buffer();
 }

@@ -112,6 +112,9 @@ class TlsSocket {
   bool has_output() const noexcept { return output_end_ > output_begin_; }
   // True when a read would most likely find nothing: skip the attempt and wait for readiness.
   bool read_would_block() const noexcept;
+  // For a connection about to idle: gives back every I/O buffer it holds (ours and OpenSSL's)
+  // unless some output is still on its way.
+  void release_buffers_while_idle();
 
   // Called by the BIO.
   int bio_read(char* out, std::size_t size, std::size_t* read);
