@@ -488,6 +488,7 @@ awaitable<std::tuple<error_code>> wait_readable(TlsStream& stream) {
   if (!stream.read_would_block()) co_return std::tuple<error_code>{};
   stream.release_buffers_while_idle();
   auto [ec] = co_await stream.next_layer().async_wait(tcp::socket::wait_read, use_nothrow);
+  if (!ec) stream.note_readable();
   co_return std::tuple<error_code>{ec};
 }
 awaitable<std::tuple<error_code>> wait_readable(tcp::socket& socket) {

@@ -115,6 +115,8 @@ class TlsSocket {
   // For a connection about to idle: gives back every I/O buffer it holds (ours and OpenSSL's)
   // unless some output is still on its way.
   void release_buffers_while_idle();
+  // The caller waited for the socket to become readable: the next read tries at once.
+  void note_readable() noexcept { drained_ = false; }
 
   // Called by the BIO.
   int bio_read(char* out, std::size_t size, std::size_t* read);
