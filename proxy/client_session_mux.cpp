@@ -392,7 +392,14 @@ awaitable<void> ClientSession::serve_h2_stream(MuxState& mux, H2Stream& stream) 
     response.own_body.tap = request.response_tap;
   }
   Deadline deadline(executor);
-  std::vector<char> chunk(kExchangeChunk);
+  // A relay chunk only for an HTTP/1.1 origin (an HTTP/2 origin's body comes through pipes),
+  // left uninitialised: it was a 16 KiB memset per stream.
+  std::unique_ptr<char[]> chunk_storage;
+  std::span<char> chunk;
+  if (mux.origin_h2 == nullptr) {
+    chunk_storage = std::make_unique_for_overwrite<char[]>(kExchangeChunk);
+    chunk = {chunk_storage.get(), kExchangeChunk};
+  }
   std::function<void()> on_expire = [&] {
     if (auto limit = limit_of_phase(deadline.phase())) count_limit(*limit);
     if (response.cancel) response.cancel();

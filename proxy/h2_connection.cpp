@@ -102,6 +102,12 @@ struct H2Callbacks {
       case NGHTTP2_GOAWAY:
         connection.going_away_ = true;
         return 0;
+      case NGHTTP2_SETTINGS:
+        if ((frame->hd.flags & NGHTTP2_FLAG_ACK) == 0 && !connection.remote_settings_received_) {
+          connection.remote_settings_received_ = true;
+          connection.settings_signal_.notify();
+        }
+        return 0;
       case NGHTTP2_RST_STREAM:
         if (connection.role_ == H2Connection::Role::server && !connection.take_reset_token()) {
           // Rapid reset: more resets than the budget allows. Stop reading at once (the reader
@@ -215,6 +221,7 @@ H2Connection::H2Connection(TlsStream& io, Role role, const Settings& settings,
       settings_(settings),
       on_request_(std::move(on_request)),
       write_signal_(io.get_executor()),
+      settings_signal_(io.get_executor()),
       last_active_(std::chrono::steady_clock::now()),
       reset_tokens_(settings.reset_burst),
       reset_refilled_(std::chrono::steady_clock::now()) {
@@ -315,6 +322,7 @@ void H2Connection::end(std::string_view reason) {
     forget(*stream, kH2Cancel);
   }
   notify_write();
+  settings_signal_.notify();
 }
 
 awaitable<void> H2Connection::run() {
@@ -387,6 +395,9 @@ awaitable<void> H2Connection::writer() {
       co_return;
     }
     if (!co_await write_signal_.wait()) co_return;
+    // Let the handlers that are ready now (other streams of the same batch) queue their frames
+    // first: one send then carries them all instead of one send per stream.
+    co_await asio::post(io_.get_executor(), use_nothrow);
   }
 }
 
@@ -504,6 +515,16 @@ void H2Connection::close() {
   end("closed");
   error_code ignored;
   io_.next_layer().cancel(ignored);
+}
+
+awaitable<bool> H2Connection::wait_remote_settings() {
+  // (The await is not inside a condition: GCC 12 miscompiles that in this coroutine.)
+  while (!remote_settings_received_ && !ended_) {
+    const bool woken = co_await settings_signal_.wait();
+    if (!woken) co_return false;
+  }
+  const bool settled = remote_settings_received_ && !ended_;
+  co_return settled;
 }
 
 bool H2Connection::remote_allows_extended_connect() const {

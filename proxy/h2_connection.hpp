@@ -102,6 +102,9 @@ class H2Connection {
 
   bool usable() const { return !ended_ && !going_away_; }
   bool remote_allows_extended_connect() const;
+  // Completes once the peer's first SETTINGS arrived (true) or the connection ended, or the
+  // waiter was cancelled (false). An extended CONNECT must wait for them (RFC 8441 section 3).
+  awaitable<bool> wait_remote_settings();
   std::size_t open_streams() const { return streams_.size(); }
   const std::string& end_reason() const { return end_reason_; }
 
@@ -130,6 +133,8 @@ class H2Connection {
   nghttp2_session* session_ = nullptr;
   std::unordered_map<int32_t, std::shared_ptr<H2Stream>> streams_;
   Signal write_signal_;
+  Signal settings_signal_;  // the peer's first SETTINGS arrived, or the connection ended
+  bool remote_settings_received_ = false;
   std::vector<uint8_t> out_;
   std::chrono::steady_clock::time_point last_active_;
   std::string end_reason_;

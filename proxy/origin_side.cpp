@@ -510,7 +510,11 @@ awaitable<void> forward_over_h2(H2Connection& origin, OriginRequest& request,
   head.reserve(request.fields.size() + 5);
   head.push_back({":method", request.method});
   if (!request.protocol.empty()) {
-    if (!origin.remote_allows_extended_connect()) {
+    // The origin says whether it takes extended CONNECT in its SETTINGS, which may still be on
+    // their way when the client's stream arrives.
+    deadline.set(config.timeouts.response_header, "response-header");
+    const bool settled = co_await origin.wait_remote_settings();
+    if (!settled || !origin.remote_allows_extended_connect()) {
       fail(response, http::status::bad_gateway, "upstream-protocol",
            "the origin does not accept WebSockets over HTTP/2 (RFC 8441)");
       co_return;
