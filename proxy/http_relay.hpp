@@ -55,11 +55,11 @@ struct BodyCapture {
   }
 };
 
-// Whether more input is most likely waiting on `stream` right now: a body read then goes on
+// Whether more input is waiting on `stream` right now: a body read then goes on
 // filling the chunk (fewer, larger writes in bulk) instead of forwarding at once (which it does
 // as soon as the input pauses, so a trickle is never held back).
 inline bool input_waiting(TlsSocket& stream) {
-  return !stream.read_would_block();
+  return stream.input_ready();
 }
 template <class Stream>
 bool input_waiting(Stream&) {

@@ -1,6 +1,7 @@
 #include "proxy/tls_socket.hpp"
 
 #include <openssl/err.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -187,6 +188,18 @@ TlsSocket::Progress TlsSocket::flush(error_code& ec) {
 
 bool TlsSocket::read_would_block() const noexcept {
   return drained_ && preread_offset_ >= preread_.size() && SSL_has_pending(ssl_) == 0;
+}
+
+bool TlsSocket::input_ready() noexcept {
+  if (preread_offset_ < preread_.size() || SSL_pending(ssl_) > 0) return true;
+  // The last recv() found the socket empty: what arrived since waits for the next round (the
+  // safe answer). Otherwise ask the kernel: a full recv() does not mean more is there.
+  if (drained_ || !socket_.is_open()) return false;
+  int queued = 0;
+  if (::ioctl(socket_.native_handle(), FIONREAD, &queued) != 0) return false;
+  if (queued > 0) return true;
+  drained_ = true;
+  return false;
 }
 
 void TlsSocket::release_buffers_while_idle() {

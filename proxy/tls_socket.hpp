@@ -115,6 +115,10 @@ class TlsSocket {
   // For a connection about to idle: gives back every I/O buffer it holds (ours and OpenSSL's)
   // unless some output is still on its way.
   void release_buffers_while_idle();
+  // True when a read would find input now: decrypted bytes OpenSSL holds, pre-read bytes, or
+  // bytes in the socket. Unlike !read_would_block() it never guesses "yes": a relay that reads
+  // on while this holds is never left waiting on a paused peer with data in hand.
+  bool input_ready() noexcept;
   // The caller waited for the socket to become readable: the next read tries at once.
   void note_readable() noexcept { drained_ = false; }
 
