@@ -216,6 +216,7 @@ awaitable<std::expected<std::unique_ptr<OriginConnection>, Failure>> OriginPool:
 void OriginPool::give_back(std::unique_ptr<OriginConnection> connection, bool reusable) {
   std::erase(leased_, connection.get());
   if (reusable && !closed_) {
+    if (connection->buffer.size() == 0) connection->buffer.shrink_to_fit();  // idle: no room held
     idle_.push_back(std::move(connection));
   } else {
     error_code ignored;
@@ -341,6 +342,7 @@ awaitable<void> forward_over_h1(OriginConnection& connection, OriginRequest& req
 
   auto& body = message.body();
   uint64_t received = 0;
+  if (!parser->is_done()) reserve_for_body(connection.buffer);
   while (!parser->is_done()) {
     deadline.set(config.timeouts.io_stall, "response-body");
     if (!co_await response.body->wait_space()) co_return;
