@@ -68,10 +68,16 @@ bool input_waiting(Stream&) {
 
 // Beast reads as much as the buffer has room for (at least 512 bytes) and never grows it for a
 // body: a buffer left small by its head made a 1 MiB body ~2,000 reads (and as many SSL_read
-// calls and scheduler turns). One TLS record's worth of room makes it one read per record.
-inline void reserve_for_body(beast::flat_buffer& buffer) {
+// calls and scheduler turns). One TLS record's worth of room makes it one read per record; a
+// body known to be smaller gets only what it needs (no 16 KiB allocation per small response).
+template <bool isRequest>
+void reserve_for_body(beast::flat_buffer& buffer,
+                      const http::parser<isRequest, http::buffer_body>& parser) {
   constexpr std::size_t kBodyReadRoom = 16 * 1024 + 512;
-  const std::size_t room = std::min(kBodyReadRoom, buffer.max_size());
+  std::size_t room = std::min(kBodyReadRoom, buffer.max_size());
+  if (auto remaining = parser.content_length_remaining()) {
+    room = std::min<uint64_t>(room, buffer.size() + *remaining);
+  }
   if (buffer.capacity() < room) buffer.reserve(room);
 }
 
@@ -83,7 +89,7 @@ awaitable<BodyResult> relay_body(InStream& in, beast::flat_buffer& in_buffer,
                                  std::chrono::milliseconds stall, uint64_t& bytes,
                                  BodyCapture* capture = nullptr) {
   auto& body = parser.get().body();
-  if (!parser.is_done()) reserve_for_body(in_buffer);
+  if (!parser.is_done()) reserve_for_body(in_buffer, parser);
   while (!serializer.is_done()) {
     deadline.set(stall, isRequest ? "request-body" : "response-body");
     error_code read_error;

@@ -342,7 +342,7 @@ awaitable<void> forward_over_h1(OriginConnection& connection, OriginRequest& req
 
   auto& body = message.body();
   uint64_t received = 0;
-  if (!parser->is_done()) reserve_for_body(connection.buffer);
+  if (!parser->is_done()) reserve_for_body(connection.buffer, *parser);
   while (!parser->is_done()) {
     deadline.set(config.timeouts.io_stall, "response-body");
     if (!co_await response.body->wait_space()) co_return;
