@@ -736,8 +736,11 @@ class ClientSideTest(IntegrationTestCase):
         after = metric_value(self.proxy, "tokgate_handshake_failures_total", side="client",
                              reason="protocol")
         self.assertEqual(after - before, 2, self.proxy.context())
-        failed = [r for r in read_flow_log(self.flow_log) if r.get("error") == "client-tls"]
-        self.assertEqual(len(failed), 2, read_flow_log(self.flow_log))
+        # The flow log is written by its own thread: the second record may trail the metric.
+        def failed():
+            return [r for r in read_flow_log(self.flow_log) if r.get("error") == "client-tls"]
+        wait_until(lambda: len(failed()) >= 2, 10, "two client-tls flow records")
+        self.assertEqual(len(failed()), 2, read_flow_log(self.flow_log))
 
     def test_tls12_without_forward_secret_aead_refused(self):
         cases = {
